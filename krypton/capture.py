@@ -1,0 +1,128 @@
+"""Graph capture: turn an `nn.Module` into a flat list of core-ATen calls the rules understand.
+
+Stage 1 of the pipeline. `torch.export` at the image's shape (batch 1, eval mode), decomposed to core
+ATen. Parameters and buffers become constants; the one user input is the image. Every call node gets its
+arguments bound to the op schema with defaults filled in, because exported nodes drop trailing defaults
+(max-pool's padding, dilation and ceil_mode).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+
+class CaptureError(RuntimeError):
+    """The model could not be captured as a graph; callers fall back to naive inference."""
+
+
+@dataclass
+class Call:
+    """One op application in the captured graph."""
+
+    node: fx.Node
+    target: Any  # an OpOverload, or operator.getitem
+    args: dict[str, Any]  # schema-bound arguments; tensors are fx.Node
+    inputs: list[fx.Node] = field(default_factory=list)  # tensor inputs, in argument order
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def op_name(self) -> str:
+        return str(self.target) if self.target is not operator.getitem else "getitem"
+
+
+@dataclass
+class Graph:
+    """A captured model: the fx module plus its calls in execution order."""
+
+    module: fx.GraphModule
+    image: fx.Node
+    calls: list[Call]
+    output: fx.Node
+    shapes: dict[fx.Node, Any]  # node -> torch.Size, or tuple of sizes for multi-output ops
+
+
+def bind(target: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Map positional/keyword args onto the op's schema names, filling defaults."""
+    if target is operator.getitem:
+        return {"self": args[0], "index": args[1]}
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(target._schema.arguments):
+        if i < len(args):
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound
+
+
+def _tensor_inputs(bound: dict[str, Any]) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    for value in bound.values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found.extend(v for v in items if isinstance(v, fx.Node))
+    return found
+
+
+def _shape_of(node: fx.Node) -> Any:
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return tuple(val.shape)
+    if isinstance(val, (list, tuple)):
+        return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in val)
+    return None
+
+
+def capture(model: nn.Module, example: torch.Tensor) -> Graph:
+    """Export `model` at the example's shape; raise CaptureError with the reason on failure."""
+    model = model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (example,), strict=False)
+            program = program.run_decompositions()
+            module = program.module()
+    except Exception as exc:  # torch.export raises many unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptureError(f"torch.export could not capture the model: {first}") from exc
+    return _index(module)
+
+
+def _index(module: fx.GraphModule) -> Graph:
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise CaptureError(f"the model must take exactly one tensor input, got {len(placeholders)}")
+    calls: list[Call] = []
+    shapes: dict[fx.Node, Any] = {}
+    output = None
+    for node in module.graph.nodes:
+        shapes[node] = _shape_of(node)
+        if node.op == "call_function":
+            bound = bind(node.target, node.args, node.kwargs)
+            calls.append(Call(node, node.target, bound, _tensor_inputs(bound)))
+        elif node.op == "output":
+            outs = node.args[0]
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            if len(outs) != 1 or not isinstance(outs[0], fx.Node):
+                raise CaptureError("the model must return exactly one tensor")
+            output = outs[0]
+    return Graph(module, placeholders[0], calls, output, shapes)
+
+
+def constant(graph: Graph, node: fx.Node) -> torch.Tensor:
+    """Value of a `get_attr` node (a parameter, buffer or lifted constant)."""
+    value: Any = graph.module
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value

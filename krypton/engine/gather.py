@@ -1,0 +1,114 @@
+"""Reading a window of a tensor for a batch of occluded copies (the paper's Eqs. 17-18, fused).
+
+An occluded copy of a tensor is the clean (materialised) tensor with the copy's changed window pasted
+over it. `read_window` builds, for every item at once, the region a rule asked for: one strided gather
+from the (padded) clean tensor, then the items' changed windows pasted in with slice assignments, one
+per distinct relative offset (interior positions share one). No Python loop over items, no full copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Delta:
+    """A batch's computed window of one tensor: data (B, *size) placed at `start` (B, ndim)."""
+
+    data: torch.Tensor
+    start: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+
+class PaddedCache:
+    """Clean tensors padded with a value, grown on demand; one copy per (tensor, value)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]] = {}
+
+    def get(self, base: torch.Tensor, lo: np.ndarray, hi: np.ndarray, value: float):
+        key = (base.data_ptr(), tuple(base.shape), tuple(base.stride()), value)
+        hit = self._cache.get(key)
+        if hit is not None and (hit[1] >= lo).all() and (hit[2] >= hi).all():
+            return hit
+        if hit is not None:
+            lo, hi = np.maximum(lo, hit[1]), np.maximum(hi, hit[2])
+        pads: list[int] = []
+        for a in reversed(range(len(lo))):
+            pads += [int(lo[a]), int(hi[a])]
+        padded = F.pad(base, pads, value=value) if any(pads) else base
+        self._cache[key] = (padded, lo.copy(), hi.copy(), base)  # holding `base` pins its address
+        return self._cache[key]
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+def read_window(
+    base: torch.Tensor,
+    delta: Delta | None,
+    start: np.ndarray,
+    size: tuple[int, ...],
+    pad_value: float,
+    cache: PaddedCache,
+) -> torch.Tensor:
+    """Values of every occluded copy over `[start, start + size)` -> (B, *size).
+
+    `base` is the clean tensor (1, *shape); cells outside it read `pad_value`.
+    """
+    if delta is not None and delta.size == tuple(size) and np.array_equal(delta.start, start):
+        return delta.data
+    batch = start.shape[0]
+    shape = np.asarray(base.shape[1:], dtype=np.int64)
+    need_lo = np.maximum(0, -start.min(axis=0))
+    need_hi = np.maximum(0, (start + np.asarray(size)).max(axis=0) - shape)
+    padded, pad_lo, _, _ = cache.get(base, need_lo, need_hi, pad_value)
+    out = _gather(padded[0], start + pad_lo, size, batch, writable=delta is not None)
+    if delta is not None:
+        _paste(out, delta, start, size)
+    return out
+
+
+def _gather(
+    padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batch: int, writable: bool
+) -> torch.Tensor:
+    """One strided gather of the windows `[start_b, start_b + size)` from a single tensor."""
+    uniform = (start == start[:1]).all(axis=0)
+    sliced = padded[tuple(slice(int(start[0, a]), int(start[0, a]) + size[a]) if uniform[a] else slice(None)
+                          for a in range(len(size)))]
+    varying = [a for a in range(len(size)) if not uniform[a]]
+    if not varying:
+        out = sliced.unsqueeze(0).expand((batch,) + tuple(size))
+        return out.clone() if writable else out
+    view_shape = [sliced.shape[a] - size[a] + 1 for a in varying] + list(size)
+    view_stride = [sliced.stride(a) for a in varying] + list(sliced.stride())
+    windows = sliced.as_strided(view_shape, view_stride, sliced.storage_offset())
+    index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in varying)
+    return windows[index]
+
+
+def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, ...]) -> None:
+    """Write each item's changed window over the gathered clean values (clipped to the region)."""
+    rel = delta.start - start
+    width = np.asarray(delta.size)
+    region = np.asarray(size)
+    groups, inverse = np.unique(rel, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for g, r in enumerate(groups):
+        a_lo, a_hi = np.maximum(r, 0), np.minimum(r + width, region)
+        if (a_hi <= a_lo).any():
+            continue
+        dst = tuple(slice(int(x), int(y)) for x, y in zip(a_lo, a_hi))
+        src = tuple(slice(int(x - rr), int(y - rr)) for x, y, rr in zip(a_lo, a_hi, r))
+        if len(groups) == 1:
+            out[(slice(None),) + dst] = delta.data[(slice(None),) + src]
+        else:
+            rows = torch.from_numpy(np.nonzero(inverse == g)[0]).to(out.device)
+            out[(rows,) + dst] = delta.data[(rows,) + src]

@@ -1,0 +1,39 @@
+"""The clean pass: run the captured graph once on the image and keep every value (materialised views).
+
+Stage 4a of the pipeline. Incremental execution reads everything it does not recompute from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from krypton.capture import Graph, constant
+
+
+def _lookup(env: dict[fx.Node, Any], value: Any) -> Any:
+    if isinstance(value, fx.Node):
+        return env[value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_lookup(env, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _lookup(env, v) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def materialize(graph: Graph, image: torch.Tensor) -> dict[fx.Node, Any]:
+    """Every node's value for the clean image (batch 1), keyed by node."""
+    env: dict[fx.Node, Any] = {}
+    for node in graph.module.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = image
+        elif node.op == "get_attr":
+            env[node] = constant(graph, node)
+        elif node.op == "call_function":
+            env[node] = node.target(*_lookup(env, node.args), **_lookup(env, node.kwargs))
+        elif node.op == "call_module":
+            env[node] = None  # export's input guards: the shapes were checked by the caller
+    return env

@@ -1,0 +1,183 @@
+"""Planning: propagate occlusion boxes through the graph for every position, then batch positions.
+
+Stage 3 of the pipeline (capture → box → rules → **plan** → execute). `propagate` walks the captured
+calls once, vectorised over all P positions, and records each call's rule and output boxes. `window`
+turns a batch's boxes into the one window per tensor that the batch computes; `cost` counts the
+multiply-accumulates (MACs) of a batch from the same windows, so `analyze` and execution never disagree.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import fx
+
+from krypton.box import Boxes, Window
+from krypton.capture import Call, Graph
+from krypton.rules import FULL, Rule, Site, lookup
+
+# A window covering at least this fraction of its tensor is computed whole (plain batched op).
+DENSE_FRACTION = 0.9
+
+
+@dataclass
+class Step:
+    """One call with its rule and, for every position, the box where its output(s) can change."""
+
+    call: Call
+    site: Site
+    rule: Rule
+    boxes: Any  # Boxes | tuple[Boxes | None, ...] | None
+    body: tuple[int, ...]  # shape (no batch axis) of the output that windows are computed for
+    full_axes: tuple[int, ...]
+    macs: int  # multiply-accumulates per output element
+
+    @property
+    def primary(self) -> Boxes | None:
+        return self.boxes[0] if isinstance(self.boxes, tuple) else self.boxes
+
+    @property
+    def whole_macs(self) -> int:
+        return self.macs * int(np.prod(self.body))
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    image_boxes: Boxes
+    steps: list[Step]
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (node, op) computed in full
+    untouched_macs: int = 0  # calls that depend on parameters only (run once, clean)
+
+    @property
+    def count(self) -> int:
+        return self.image_boxes.count
+
+    def naive_macs(self) -> int:
+        """MACs of one full forward pass (convolutions and matrix products)."""
+        return sum(s.whole_macs for s in self.steps) + self.untouched_macs
+
+
+def choose_rule(call: Call) -> Rule:
+    """The call's rule; multi-output rules computing only output 0 yield when others are used."""
+    rule = lookup(call.target)
+    if getattr(rule, "primary_output_only", False):
+        for user in call.node.users:
+            if user.target is operator.getitem and user.args[1] != 0 and user.users:
+                return FULL
+    return rule
+
+
+def _boxes_for_args(call: Call, env: dict[fx.Node, Any]) -> dict[str, Any]:
+    boxes: dict[str, Any] = {}
+    for name, value in call.args.items():
+        if isinstance(value, fx.Node):
+            boxes[name] = env.get(value)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, fx.Node) for v in value):
+            boxes[name] = [env.get(v) if isinstance(v, fx.Node) else None for v in value]
+    return boxes
+
+
+def _primary_body(shape: Any) -> tuple[int, ...]:
+    if shape and isinstance(shape[0], tuple):
+        return tuple(shape[0][1:])
+    return tuple(shape[1:]) if shape else ()
+
+
+def propagate(graph: Graph, image_boxes: Boxes) -> Plan:
+    """Boxes of every call for every position (one walk over the graph, vectorised over positions)."""
+    env: dict[fx.Node, Any] = {graph.image: image_boxes}
+    steps: list[Step] = []
+    fallbacks: list[tuple[str, str]] = []
+    untouched = 0
+    for call in graph.calls:
+        site = Site(call, graph.shapes)
+        rule = choose_rule(call)
+        boxes_in = _boxes_for_args(call, env)
+        if not any(v is not None and (not isinstance(v, list) or any(v)) for v in boxes_in.values()):
+            untouched += rule.macs_per_element(site) * int(np.prod(_primary_body(graph.shapes[call.node])))
+            continue  # depends on parameters only: computed once, in the clean pass
+        try:
+            out = rule.forward(site, boxes_in)
+        except Exception as exc:
+            raise type(exc)(f"{exc} [at {call.node.format_node()}]") from exc
+        env[call.node] = out
+        if out is None:
+            continue
+        if not rule.precise:
+            fallbacks.append((call.name, call.op_name))
+        body = _primary_body(graph.shapes[call.node])
+        steps.append(Step(call, site, rule, out, body, rule.full_axes(site), rule.macs_per_element(site)))
+    plan = Plan(graph, image_boxes, steps, fallbacks)
+    plan.untouched_macs = untouched
+    return plan
+
+
+def window(step: Step, index: np.ndarray) -> Window | None:
+    """The window a batch of positions computes for `step`'s output; None if none of them changes it."""
+    boxes = step.primary
+    if boxes is None:
+        return None
+    picked = boxes.take(index)
+    if not picked.any():
+        return None
+    if not step.rule.precise:
+        return Window.whole(len(index), step.body)
+    win = Window.cover(picked, step.body, step.full_axes)
+    if win.numel() >= DENSE_FRACTION * int(np.prod(step.body)):
+        return Window.whole(len(index), step.body)
+    return win
+
+
+def batch_macs(plan: Plan, index: np.ndarray) -> int:
+    """MACs that computing these positions as one batch costs."""
+    total = 0
+    for step in plan.steps:
+        if step.macs == 0:
+            continue
+        win = window(step, index)
+        if win is not None:
+            total += step.macs * win.numel() * len(index)
+    return total
+
+
+def position_macs(plan: Plan) -> np.ndarray:
+    """(P,) MACs of each position computed alone with its exact boxes (the per-position limit)."""
+    total = np.zeros(plan.count, dtype=np.float64)
+    for step in plan.steps:
+        if step.macs == 0 or step.primary is None:
+            continue
+        if not step.rule.precise:
+            total += step.whole_macs * step.primary.nonempty
+        else:
+            widened = step.primary.widen(step.full_axes, step.body)
+            total += step.macs * widened.volume()
+    return total
+
+
+def batches(plan: Plan, batch_size: int) -> list[np.ndarray]:
+    """Split positions into batches, grouping positions whose windows have the same shape.
+
+    One window per batch pays for its largest member; positions at the same distance from the border
+    have equal windows at every layer, so grouping them keeps most of the border saving. Row-major
+    order is kept when it is predicted to be cheaper.
+    """
+    count = plan.count
+    row_major = [np.arange(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]
+    if count <= batch_size:
+        return row_major
+    sizes = [s.primary.widen(s.full_axes, s.body).sizes() for s in plan.steps if s.macs and s.primary is not None]
+    if not sizes:
+        return row_major
+    signature = np.concatenate(sizes, axis=1)
+    _, group = np.unique(signature, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    cost = position_macs(plan)
+    order = np.lexsort((np.arange(count), group, -cost))
+    grouped = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+    grouped_cost = sum(batch_macs(plan, b) for b in grouped)
+    row_cost = sum(batch_macs(plan, b) for b in row_major)
+    return grouped if grouped_cost <= row_cost else row_major

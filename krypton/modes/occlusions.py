@@ -1,0 +1,63 @@
+"""What to occlude: the image, one box per position, and the fill (patch values or a baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from krypton.box import Boxes
+from krypton.engine.gather import PaddedCache
+from krypton.engine.incremental import ImageDelta
+
+
+@dataclass
+class Occlusions:
+    """P occluded copies of one image, described by boxes over its (C, H, W) axes."""
+
+    image: torch.Tensor  # (1, C, H, W)
+    lo: np.ndarray  # (P, 3)
+    hi: np.ndarray  # (P, 3)
+    patch: torch.Tensor | None = None  # values relative to each box's corner (all boxes equal size)
+    baseline: torch.Tensor | None = None  # absolute values broadcastable to the image
+
+    @property
+    def count(self) -> int:
+        return self.lo.shape[0]
+
+    def boxes(self) -> Boxes:
+        return Boxes.make(self.lo, self.hi, tuple(self.image.shape[1:]))
+
+    def image_delta(self) -> ImageDelta:
+        return ImageDelta(self.image, self.lo, self.hi, self.patch, self.baseline)
+
+    def materialize(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
+        """The occluded images themselves (B, C, H, W), for full re-inference."""
+        from krypton.engine.gather import read_window
+
+        cache = cache or PaddedCache()
+        delta = self.image_delta().delta(index, cache)
+        body = tuple(self.image.shape[1:])
+        start = np.zeros((len(index), len(body)), dtype=np.int64)
+        return read_window(self.image, delta, start, body, 0.0, cache)
+
+
+def grid_occlusions(
+    image: torch.Tensor, patch: tuple[int, int], stride: tuple[int, int], fill: torch.Tensor
+) -> tuple[Occlusions, torch.Tensor]:
+    """The paper's grid: patch fully inside, corners 0, S, 2S, ... -> occlusions and (H_M, W_M, 2) corners."""
+    _, c, h, w = image.shape
+    ys = np.arange(0, h - patch[0] + 1, stride[0])
+    xs = np.arange(0, w - patch[1] + 1, stride[1])
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    corners = np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
+    zeros = np.zeros((len(corners), 1), dtype=np.int64)
+    lo = np.concatenate([zeros, corners], axis=1)
+    hi = np.concatenate([zeros + c, corners + np.asarray(patch)], axis=1)
+    positions = torch.from_numpy(np.stack([yy, xx], axis=-1))
+    return Occlusions(image, lo, hi, patch=fill), positions
+
+
+Progress = Callable[[int], None]

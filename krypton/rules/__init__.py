@@ -1,0 +1,11 @@
+"""Per-op rules, one module per op family; importing this package fills the table.
+
+Order of the pipeline: `registry` (the table and the sound default) → `pointwise` → `window`
+(convolution, pooling, padding) → `shape` (views, permute, cat) → `reduction` (global pooling).
+"""
+
+from krypton.rules import pointwise, reduction, shape, window  # noqa: F401  (fills RULES)
+from krypton.rules.registry import FULL, RULES, Frame, Rule, Site, lookup
+from krypton.rules.shape import Unsupported
+
+__all__ = ["FULL", "RULES", "Frame", "Rule", "Site", "Unsupported", "lookup"]

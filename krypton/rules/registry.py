@@ -1,0 +1,161 @@
+"""The rule table: one record per op, holding both directions of its geometry and its execution.
+
+A rule answers three questions about one call:
+- `forward(site, boxes)`: given where each tensor input changed (a `Boxes` or None), where can the
+  output change? (the paper's Eqs. 13-14, generalised);
+- `full_axes(site)`: which output axes a computed window must always span (channels of a conv);
+- `compute(site, frame, window)`: compute the output inside `window` for a batch, reading each input's
+  context through `frame.assemble` (the paper's Eqs. 15-19).
+
+Lookup is `lookup(op)`: the table, then ops tagged `pointwise`, then `FULL` - the sound default
+that recomputes the whole output whenever any input changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import fx
+
+from krypton.box import Boxes, Window
+from krypton.capture import Call
+
+
+@dataclass
+class Site:
+    """A call plus the static shapes a rule needs (shapes include the batch axis, size 1)."""
+
+    call: Call
+    shapes: dict[fx.Node, Any]
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.call.args
+
+    def shape(self, node: fx.Node | None = None) -> tuple[int, ...]:
+        """Full shape of `node` (default: this call's output; output 0 of a multi-output op)."""
+        shape = self.shapes[node if node is not None else self.call.node]
+        if shape and isinstance(shape[0], tuple):
+            return shape[0]
+        return shape
+
+    def body(self, node: fx.Node | None = None) -> tuple[int, ...]:
+        """Shape without the batch axis: the axes boxes live on."""
+        return tuple(self.shape(node)[1:])
+
+
+class Frame(Protocol):
+    """What the executor offers a rule while it computes one call for one batch."""
+
+    batch: int
+
+    def assemble(
+        self, node: fx.Node, start: Any, size: tuple[int, ...], pad_value: float = 0.0
+    ) -> torch.Tensor:
+        """Values of `node` for every item over a window (B, *size); outside the tensor: pad_value."""
+
+    def base(self, node: Any) -> Any:
+        """The clean (batch-1) value of a node, or a non-tensor argument unchanged."""
+
+    def whole(self, node: fx.Node) -> torch.Tensor:
+        """The whole tensor for every item (B, ...); constants come back as they are."""
+
+
+class Rule:
+    """Base rule: recompute everything when anything changed (always correct)."""
+
+    name = "full"
+    precise = False  # False: the output is recomputed whole whenever an input changed
+    exact = False  # True when forward's box is tight (used by the tightness tests)
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Any:
+        changed = _any_changed(boxes)
+        if changed is None:
+            return None
+        return _full_like(site, changed)
+
+    def full_axes(self, site: Site) -> tuple[int, ...]:
+        return ()
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> Any:
+        """Run the op on whole, batched inputs; `window` is the whole tensor here."""
+        args = {name: _whole_batch(frame, value) for name, value in site.args.items()}
+        for name in SIZE_ARGS & args.keys():  # shapes captured at batch 1, e.g. view(x, [1, 512])
+            size = args[name]
+            if isinstance(size, (list, tuple)) and size and size[0] == 1:
+                args[name] = [frame.batch] + list(size[1:])
+        return call_op(site.call.target, args)
+
+    def macs_per_element(self, site: Site) -> int:
+        return 0
+
+
+def call_op(target: Any, args: dict[str, Any]) -> Any:
+    """Call an op with schema-bound arguments (keyword-only ones passed by keyword)."""
+    if not hasattr(target, "_schema"):
+        return target(*args.values())
+    positional, keywords = [], {}
+    for arg in target._schema.arguments:
+        if arg.kwarg_only:
+            keywords[arg.name] = args[arg.name]
+        else:
+            positional.append(args[arg.name])
+    return target(*positional, **keywords)
+
+
+def _whole_batch(frame: Frame, value: Any) -> Any:
+    if isinstance(value, fx.Node):
+        return frame.whole(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, fx.Node) for v in value):
+        return [frame.whole(v) if isinstance(v, fx.Node) else v for v in value]
+    return value
+
+
+def _any_changed(boxes: dict[str, Any]) -> np.ndarray | None:
+    """(P,) bool of positions where any input changed, or None when no input can change."""
+    flags = None
+    for value in boxes.values():
+        items = value if isinstance(value, list) else [value]
+        for b in items:
+            if b is None:
+                continue
+            flags = b.nonempty if flags is None else (flags | b.nonempty)
+    return flags
+
+
+def _full_like(site: Site, where: Any) -> Any:
+    shape = site.shapes[site.call.node]
+    count = where.shape[0]
+    if shape and isinstance(shape[0], tuple):  # multi-output op
+        return tuple(Boxes.full(count, s[1:], where) if s else None for s in shape)
+    return Boxes.full(count, tuple(shape[1:]), where)
+
+
+# Arguments holding a full output shape whose leading 1 is the batch axis.
+SIZE_ARGS = {"size", "shape"}
+
+FULL = Rule()
+RULES: dict[Any, Rule] = {}
+
+
+def register(ops: Any, rule: Rule) -> Rule:
+    """Add `rule` for one op overload or a list of them; a duplicate is a bug."""
+    for op in ops if isinstance(ops, (list, tuple)) else [ops]:
+        if op in RULES:
+            raise ValueError(f"duplicate rule for {op}")
+        RULES[op] = rule
+    return rule
+
+
+def lookup(op: Any) -> Rule:
+    """The rule for `op`: the table, then pointwise-tagged ops, then the full-recompute default."""
+    from krypton.rules.pointwise import POINTWISE, is_pointwise
+
+    if op in RULES:
+        return RULES[op]
+    if is_pointwise(op):
+        return POINTWISE
+    return FULL

@@ -1,0 +1,238 @@
+"""Shape ops: permute, view/reshape/(un)squeeze, expand, cat, getitem.
+
+They move boxes between axes without arithmetic. A view keeps a box only where axes stay apart or
+merge with whole inner axes (flattening `[c0, c1) x all H x all W` gives `[c0*H*W, c1*H*W)`);
+otherwise the merged axis changes whole - still sound, just less tight.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+from krypton.box import Boxes, Window, union_all
+from krypton.rules.pointwise import broadcast_box, window_for_input
+from krypton.rules.registry import Frame, Rule, Site, register
+
+aten = torch.ops.aten
+
+
+class Unsupported(Exception):
+    """The graph does something the engine cannot batch (e.g. moves the batch axis)."""
+
+
+class GetItem(Rule):
+    """Select one output of a multi-output op; the executor selects its computed window alike."""
+
+    name = "getitem"
+    precise = True
+    exact = True
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        parent = boxes["self"]
+        return None if parent is None else parent[site.args["index"]]
+
+
+class Permute(Rule):
+    """Axes reorder; the batch axis must stay first."""
+
+    name = "permute"
+    precise = True
+    exact = True
+
+    def _perm(self, site: Site) -> list[int]:
+        dims = [d % len(site.shape()) for d in site.args["dims"]]
+        if dims[0] != 0:
+            raise Unsupported(f"{site.call.name}: permute moves the batch axis ({dims})")
+        return [d - 1 for d in dims[1:]]
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        box = boxes["self"]
+        if box is None:
+            return None
+        perm = self._perm(site)
+        return Boxes(box.lo[:, perm], box.hi[:, perm])
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        perm = self._perm(site)
+        start = np.empty_like(window.start)
+        size = [0] * len(perm)
+        for j, a in enumerate(perm):
+            start[:, a] = window.start[:, j]
+            size[a] = window.size[j]
+        x = frame.assemble(site.args["self"], start, tuple(size))
+        return x.permute([0] + [a + 1 for a in perm])
+
+
+def view_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair up axes of two shapes with equal element counts: (source axes, destination axes)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and j < len(dst) and src[i] == 1 and dst[j] == 1:
+            groups.append(([i], [j]))
+            i, j = i + 1, j + 1
+        elif i < len(src) and src[i] == 1:
+            groups.append(([i], []))
+            i += 1
+        elif j < len(dst) and dst[j] == 1:
+            groups.append(([], [j]))
+            j += 1
+        else:
+            a, b = [i], [j]
+            pa, pb = src[i], dst[j]
+            i, j = i + 1, j + 1
+            while pa != pb:
+                if pa < pb:
+                    pa *= src[i]
+                    a.append(i)
+                    i += 1
+                else:
+                    pb *= dst[j]
+                    b.append(j)
+                    j += 1
+            groups.append((a, b))
+    return groups
+
+
+class View(Rule):
+    """view / reshape / _unsafe_view / (un)squeeze: same elements, axes merged or split."""
+
+    name = "view"
+    precise = True
+    exact = False
+
+    def _groups(self, site: Site) -> list[tuple[list[int], list[int]]]:
+        src, dst = site.shape(site.call.inputs[0]), site.shape()
+        if not src or not dst or src[0] != 1 or dst[0] != 1:
+            raise Unsupported(f"{site.call.name}: reshape {src} -> {dst} does not keep the batch axis")
+        return view_groups(tuple(src[1:]), tuple(dst[1:]))
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        box = boxes["self"]
+        if box is None:
+            return None
+        src, dst = site.body(site.call.inputs[0]), site.body()
+        lo = np.zeros((box.count, len(dst)), dtype=np.int64)
+        hi = np.tile(np.asarray(dst, dtype=np.int64), (box.count, 1))
+        for a, b in self._groups(site):
+            if not b:
+                continue
+            if not a:
+                continue  # inserted size-1 axis: [0, 1)
+            if len(a) == 1 and len(b) == 1:
+                lo[:, b[0]], hi[:, b[0]] = box.lo[:, a[0]], box.hi[:, a[0]]
+            elif len(b) == 1:  # merge: exact only when inner axes are whole
+                inner = int(np.prod([src[x] for x in a[1:]]))
+                whole = np.all([(box.lo[:, x] == 0) & (box.hi[:, x] == src[x]) for x in a[1:]], axis=0)
+                lo[:, b[0]] = np.where(whole, box.lo[:, a[0]] * inner, 0)
+                hi[:, b[0]] = np.where(whole, box.hi[:, a[0]] * inner, dst[b[0]])
+            elif len(a) == 1:  # split: the outer axis keeps a box, inner axes are whole
+                inner = int(np.prod([dst[x] for x in b[1:]]))
+                lo[:, b[0]] = box.lo[:, a[0]] // inner
+                hi[:, b[0]] = -(-box.hi[:, a[0]] // inner)
+        return Boxes.make(lo, hi * box.nonempty[:, None], dst)
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        src, dst = site.body(site.call.inputs[0]), site.body()
+        start = np.zeros((window.batch, len(src)), dtype=np.int64)
+        size = list(src)
+        for a, b in self._groups(site):
+            if not a or not b:
+                continue
+            if len(a) == 1 and len(b) == 1:
+                start[:, a[0]], size[a[0]] = window.start[:, b[0]], window.size[b[0]]
+            elif len(b) == 1:
+                inner = int(np.prod([src[x] for x in a[1:]]))
+                if window.start[:, b[0]].max() % inner == 0 and window.size[b[0]] % inner == 0:
+                    start[:, a[0]], size[a[0]] = window.start[:, b[0]] // inner, window.size[b[0]] // inner
+                else:
+                    raise Unsupported(f"{site.call.name}: window not aligned to merged axes")
+            elif len(a) == 1 and all(window.size[x] == dst[x] for x in b[1:]):
+                inner = int(np.prod([dst[x] for x in b[1:]]))
+                start[:, a[0]], size[a[0]] = window.start[:, b[0]] * inner, window.size[b[0]] * inner
+            elif any(window.size[x] != dst[x] for x in b):
+                raise Unsupported(f"{site.call.name}: window splits a reshaped axis group")
+        x = frame.assemble(site.call.inputs[0], start, tuple(size))
+        return x.reshape((window.batch,) + tuple(window.size))
+
+
+class Expand(Rule):
+    """Broadcast size-1 axes; a changed size-1 axis changes its whole expanded extent."""
+
+    name = "expand"
+    precise = True
+    exact = True
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        box = boxes["self"]
+        if box is None:
+            return None
+        src = site.body(site.args["self"])
+        if len(src) != len(site.body()):
+            raise Unsupported(f"{site.call.name}: expand adds leading axes")
+        return broadcast_box(box, src, site.body())
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        start, size = window_for_input(window, site.body(site.args["self"]), site.body())
+        x = frame.assemble(site.args["self"], start, size)
+        return x.expand((window.batch,) + tuple(window.size))
+
+
+class Cat(Rule):
+    """Concatenation: each input's box shifts by its offset on the cat axis; that axis is read whole."""
+
+    name = "cat"
+    precise = True
+    exact = False
+
+    def _axis(self, site: Site) -> int:
+        axis = site.args["dim"] % len(site.shape())
+        if axis == 0:
+            raise Unsupported(f"{site.call.name}: cat along the batch axis")
+        return axis - 1
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        axis, out = self._axis(site), site.body()
+        shifted, offset = [], 0
+        for node, box in zip(site.args["tensors"], boxes["tensors"]):
+            if box is not None:
+                lo, hi = box.lo.copy(), box.hi.copy()
+                lo[:, axis] += offset
+                hi[:, axis] += offset
+                shifted.append(Boxes(lo, hi * box.nonempty[:, None]))
+            offset += site.body(node)[axis]
+        return union_all(shifted, out)
+
+    def full_axes(self, site: Site) -> tuple[int, ...]:
+        return (self._axis(site),)
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        axis = self._axis(site)
+        parts = []
+        for node in site.args["tensors"]:
+            size = list(window.size)
+            size[axis] = site.body(node)[axis]
+            parts.append(frame.assemble(node, window.start, tuple(size)))
+        return torch.cat(parts, dim=axis + 1)
+
+
+register(operator.getitem, GetItem())
+register(aten.permute.default, Permute())
+register(
+    [
+        aten.view.default,
+        aten._unsafe_view.default,
+        aten.reshape.default,
+        aten.unsqueeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.squeeze.default,
+    ],
+    View(),
+)
+register(aten.expand.default, Expand())
+register(aten.cat.default, Cat())
