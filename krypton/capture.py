@@ -96,7 +96,46 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     except Exception as exc:  # torch.export raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(f"torch.export could not capture the model: {first}") from exc
+    _fuse_row_linears(module)
     return _index(module)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _fuse_row_linears(module: fx.GraphModule) -> None:
+    """Rewrite `view(x, [B*H*W, C]) -> addmm -> view(.., [B, H, W, C'])` as one `linear` over the last axis.
+
+    Channels-last MLPs (ConvNeXt) export this way; the flattened view merges the batch with the
+    spatial axes, which no box can describe. As a linear over the last axis it is a per-pixel op.
+    """
+    aten = torch.ops.aten
+    views = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+    for flat in list(module.graph.nodes):
+        if flat.op != "call_function" or flat.target not in views:
+            continue
+        source = flat.args[0]
+        src_shape = _shape_of(source)
+        mm = _only_user(flat)
+        if src_shape is None or len(src_shape) < 3 or mm is None or mm.target != aten.addmm.default:
+            continue
+        if mm.args[1] is not flat or len(mm.args) > 3 or mm.kwargs:
+            continue
+        weight_t = mm.args[2]
+        back = _only_user(mm)
+        if weight_t.target != aten.permute.default or back is None or back.target not in views:
+            continue
+        out_shape = _shape_of(back)
+        if out_shape is None or tuple(out_shape[:-1]) != tuple(src_shape[:-1]):
+            continue
+        with module.graph.inserting_before(back):
+            fused = module.graph.call_function(aten.linear.default, (source, weight_t.args[0], mm.args[0]))
+        fused.meta = dict(back.meta)
+        back.replace_all_uses_with(fused)
+    module.graph.eliminate_dead_code()
+    module.recompile()
 
 
 def _index(module: fx.GraphModule) -> Graph:

@@ -15,7 +15,7 @@ from krypton.engine.materialize import materialize
 from krypton.engine.plan import Plan, batches, propagate
 from krypton.modes.occlusions import Occlusions
 
-MAX_BATCH = 32
+MAX_BATCH = 16
 MEMORY_BUDGET = 2 << 30  # bytes for one batch's windows, unless batch_size is given
 
 

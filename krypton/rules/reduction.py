@@ -92,3 +92,41 @@ class Linear(Rule):
 
 
 register([aten.addmm.default, aten.mm.default, aten.bmm.default], Linear())
+
+
+class RowLinear(Rule):
+    """`linear` over the last axis (channels-last MLPs): per position on the other axes."""
+
+    name = "row_linear"
+    precise = True
+    exact = True
+
+    def _last(self, site: Site) -> int:
+        return len(site.body()) - 1
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        box = boxes["input"]
+        if box is None:
+            return FULL.forward(site, boxes)
+        out = site.body()
+        lo, hi = box.lo.copy(), box.hi.copy()
+        lo[:, -1], hi[:, -1] = 0, out[-1]
+        return Boxes.make(lo, hi * box.nonempty[:, None], out)
+
+    def full_axes(self, site: Site) -> tuple[int, ...]:
+        return (self._last(site),)
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        x = site.args["input"]
+        start = window.start.copy()
+        size = list(window.size)
+        size[-1] = site.body(x)[-1]
+        inputs = frame.assemble(x, start, tuple(size))
+        bias = site.args["bias"]
+        return aten.linear(inputs, frame.base(site.args["weight"]), None if bias is None else frame.base(bias))
+
+    def macs_per_element(self, site: Site) -> int:
+        return int(site.shape(site.args["weight"])[-1])
+
+
+register(aten.linear.default, RowLinear())

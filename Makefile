@@ -1,0 +1,32 @@
+# Two set-up-and-go targets: `make run` (the main job on a built-in default) and `make test`.
+# Both create and fill .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m krypton.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check krypton tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check krypton tests benchmarks
+	$(PY) -m ruff format --check krypton tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_exact.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,59 @@
+"""Shared helpers for benchmarks: models, a fixed position sample, timing and peak-memory sampling."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision
+
+from krypton.modes.occlusions import Occlusions, grid_occlusions
+
+
+def torchvision_model(name: str) -> tuple[torch.nn.Module, int]:
+    """A torchvision architecture with random weights (seeded) and its input size."""
+    torch.manual_seed(0)
+    if name == "inception_v3":
+        return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True).eval(), 299
+    return getattr(torchvision.models, name)(weights=None).eval(), 224
+
+
+def sample_positions(image: torch.Tensor, patch: int, stride: int, count: int, seed: int = 0) -> Occlusions:
+    """A fixed random sample of the paper's grid of positions (zero fill)."""
+    occ, _ = grid_occlusions(image, (patch, patch), (stride, stride), torch.zeros(image.shape[1], patch, patch))
+    if count >= occ.count:
+        return occ
+    rows = np.sort(np.random.default_rng(seed).choice(occ.count, count, replace=False))
+    return Occlusions(image, occ.lo[rows], occ.hi[rows], patch=occ.patch)
+
+
+def _rss() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
+    """(seconds, peak RSS growth in bytes sampled every 2 ms, result) of one call."""
+    gc.collect()
+    start_rss = _rss()
+    peak = [start_rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - t0
+    done.set()
+    thread.join()
+    return elapsed, peak[0] - start_rss, result
