@@ -14,7 +14,7 @@ from torch import nn
 
 from krypton import _validate
 from krypton.capture import CaptureError, Graph, capture
-from krypton.engine.plan import Plan, batches, batch_macs, position_macs
+from krypton.engine.plan import Plan, batch_macs, batches, position_macs
 from krypton.explanation import Explanation
 from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
 from krypton.modes.naive import run_naive

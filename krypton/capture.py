@@ -8,6 +8,7 @@ arguments bound to the op schema with defaults filled in, because exported nodes
 
 from __future__ import annotations
 
+import logging
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ def _shape_of(node: fx.Node) -> Any:
 def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     """Export `model` at the example's shape; raise CaptureError with the reason on failure."""
     model = model.eval()
+    noisy = logging.getLogger("torch._subclasses.fake_tensor")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)  # export logs a traceback before raising; we report one line
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -96,6 +100,8 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     except Exception as exc:  # torch.export raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(f"torch.export could not capture the model: {first}") from exc
+    finally:
+        noisy.setLevel(level)
     _fuse_row_linears(module)
     return _index(module)
 

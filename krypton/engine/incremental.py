@@ -90,7 +90,7 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
 class IncrementalRunner:
     """Runs batches of positions of one plan against one set of materialised values."""
 
-    def __init__(self, plan: Plan, base: dict[fx.Node, Any], image_delta: "ImageDelta"):
+    def __init__(self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta):
         self.plan = plan
         self.base = base
         self.image_delta = image_delta

@@ -34,6 +34,7 @@ class Step:
     body: tuple[int, ...]  # shape (no batch axis) of the output that windows are computed for
     full_axes: tuple[int, ...]
     macs: int  # multiply-accumulates per output element
+    precise: bool  # False: computed whole whenever any position of a batch changes it
 
     @property
     def primary(self) -> Boxes | None:
@@ -107,10 +108,12 @@ def propagate(graph: Graph, image_boxes: Boxes) -> Plan:
         env[call.node] = out
         if out is None:
             continue
-        if not rule.precise:
+        precise = rule.precise_for(site)
+        if not precise:
             fallbacks.append((call.name, call.op_name))
         body = _primary_body(graph.shapes[call.node])
-        steps.append(Step(call, site, rule, out, body, rule.full_axes(site), rule.macs_per_element(site)))
+        macs = rule.macs_per_element(site)
+        steps.append(Step(call, site, rule, out, body, rule.full_axes(site), macs, precise))
     plan = Plan(graph, image_boxes, steps, fallbacks)
     plan.untouched_macs = untouched
     return plan
@@ -124,7 +127,7 @@ def window(step: Step, index: np.ndarray) -> Window | None:
     picked = boxes.take(index)
     if not picked.any():
         return None
-    if not step.rule.precise:
+    if not step.precise:
         return Window.whole(len(index), step.body)
     win = Window.cover(picked, step.body, step.full_axes)
     if win.numel() >= DENSE_FRACTION * int(np.prod(step.body)):
@@ -150,7 +153,7 @@ def position_macs(plan: Plan) -> np.ndarray:
     for step in plan.steps:
         if step.macs == 0 or step.primary is None:
             continue
-        if not step.rule.precise:
+        if not step.precise:
             total += step.whole_macs * step.primary.nonempty
         else:
             widened = step.primary.widen(step.full_axes, step.body)

@@ -45,6 +45,9 @@ class Reduce(Rule):
             return list(range(nd)), reduced
         return [a for a in range(nd) if a not in reduced], reduced
 
+    def precise_for(self, site: Site) -> bool:
+        return site.args.get("dtype") is None
+
     def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
         box = boxes["self"]
         if box is None:

@@ -80,6 +80,10 @@ class Rule:
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return ()
 
+    def precise_for(self, site: Site) -> bool:
+        """Whether this call gets a precise window (False: recomputed whole when an input changed)."""
+        return self.precise
+
     def compute(self, site: Site, frame: Frame, window: Window) -> Any:
         """Run the op on whole, batched inputs; `window` is the whole tensor here."""
         args = {name: _whole_batch(frame, value) for name, value in site.args.items()}

@@ -223,15 +223,8 @@ class Cat(Rule):
 register(operator.getitem, GetItem())
 register(aten.permute.default, Permute())
 register(
-    [
-        aten.view.default,
-        aten._unsafe_view.default,
-        aten.reshape.default,
-        aten.unsqueeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.squeeze.default,
-    ],
+    # The forms core-ATen capture emits (reshape, _unsafe_view, squeeze.dim decompose into these).
+    [aten.view.default, aten.unsqueeze.default, aten.squeeze.dims],
     View(),
 )
 register(aten.expand.default, Expand())

@@ -106,6 +106,9 @@ class Convolution(Rule):
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return (0,)
 
+    def precise_for(self, site: Site) -> bool:
+        return not site.args["transposed"]
+
     def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
         if site.args["transposed"]:
             return FULL.compute(site, frame, window)
@@ -244,6 +247,9 @@ class AdaptiveAvgPool(AvgPool):
         ins, outs = site.body(site.args["self"])[-rank:], site.body()[-rank:]
         k = [i // o for i, o in zip(ins, outs)]
         return Geometry(k, k, [0] * rank, [1] * rank)
+
+    def precise_for(self, site: Site) -> bool:
+        return self._uniform(site)
 
     def forward(self, site: Site, boxes: dict[str, Any]) -> Any:
         return super().forward(site, boxes) if self._uniform(site) else FULL.forward(site, boxes)
