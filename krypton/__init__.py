@@ -8,6 +8,21 @@ and `engine.incremental` (clean pass, batched incremental pass) → `modes` (nai
 
 from krypton.api import Analysis, analyze, explain
 from krypton.explanation import Explanation
+from krypton.modes.approximate import Drilldown
+from krypton.modes.progressive import Update
+from krypton.modes.quality import ssim
+from krypton.modes.tune import TuneResult, drilldown_for, tune
 
-__all__ = ["Analysis", "Explanation", "analyze", "explain"]
+__all__ = [
+    "Analysis",
+    "Drilldown",
+    "Explanation",
+    "TuneResult",
+    "Update",
+    "analyze",
+    "drilldown_for",
+    "explain",
+    "ssim",
+    "tune",
+]
 __version__ = "0.1.0"

@@ -16,11 +16,16 @@ from krypton import _validate
 from krypton.capture import CaptureError, Graph, capture
 from krypton.engine.plan import Plan, batch_macs, batches, position_macs
 from krypton.explanation import Explanation
+from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, threshold
+from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
 from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions, grid_occlusions
+from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
+from krypton.modes.quality import ssim
 
-MODES = ("naive", "exact")
+MODES = ("naive", "exact", "approximate")
+DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
 _GRAPHS: dict[tuple, Graph] = {}
 
 
@@ -70,20 +75,28 @@ def explain(
     stride: int | tuple[int, int] = 4,
     fill: Any = 0.0,
     mode: str = "exact",
+    tau: float | None = None,
+    drilldown: Any = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    on_update: OnUpdate | None = None,
+    compare_exact: bool = False,
 ) -> Explanation:
     """Occlusion-based explanation of `model`'s output for `image`.
 
     Slides a `patch` (filled with `fill`) over the preprocessed image with `stride`, evaluates the model
-    at every position (`mode="naive"`: full re-inference; `"exact"`: incremental inference, same numbers)
-    and returns the outputs, the clean output and the heat map of the target's probability.
+    at every position and returns the outputs, the clean output and the heat map of the target's
+    probability. Modes: "naive" (full re-inference), "exact" (incremental inference, same numbers),
+    "approximate" (projective-field threshold `tau`, default 0.7, and/or adaptive `drilldown`).
+    `on_update` receives progressive maps (coarse first); `compare_exact` also runs exact mode and
+    records the SSIM of this map against it in `stats`.
     """
     patch = _validate.pair("patch", patch)
     stride = _validate.pair("stride", stride)
     mode = _validate.mode(mode, MODES)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    tau, settings = _approximation(mode, tau, drilldown)
     image = _validate.image(image)
     _validate.patch_fits(patch, tuple(image.shape[2:]))
     if not isinstance(model, nn.Module):
@@ -99,66 +112,183 @@ def explain(
         target = int(base.argmax())
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < base.numel():
         raise ValueError(f"target must be an int class index in [0, {base.numel()}), got {target!r}")
-    occlusions, positions = grid_occlusions(image, patch, stride, fill_t)
+    job = _Job(model, image, patch, stride, fill_t, int(target), mode, tau, batch_size, progress, on_update)
     started = time.perf_counter()
-    outputs, stats = _evaluate(model, occlusions, mode, batch_size, progress)
+    outputs, stats, drilled = job.run(settings)
     stats["wall_time_s"] = time.perf_counter() - started
-    stats["positions"] = occlusions.count
-    grid = positions.shape[:2]
-    return Explanation(
-        scores=outputs.reshape(*grid, -1).detach().cpu(),
+    stats["positions"] = job.fine.count
+    result = Explanation(
+        scores=outputs.reshape(*job.grid, -1).detach().cpu(),
         base=base.detach().cpu(),
         target=int(target),
-        positions=positions,
+        positions=job.positions,
         patch=patch,
         stride=stride,
         image_size=(int(image.shape[2]), int(image.shape[3])),
         mode=stats["mode"],
         stats=stats,
+        drilled=None if drilled is None else torch.from_numpy(drilled),
     )
+    if compare_exact:
+        exact = explain(model, image, target=target, patch=patch, stride=stride, fill=fill_t, batch_size=batch_size)
+        stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
+        stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
+    return result
 
 
-def _evaluate(
-    model: nn.Module, occlusions: Occlusions, mode: str, batch_size: int | None, progress: bool
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    bar, update = _progress_bar(progress, occlusions.count, mode)
-    try:
-        if mode == "exact":
-            try:
-                return _evaluate_exact(model, occlusions, batch_size, update)
-            except CaptureError as exc:
-                warnings.warn(f"krypton: {exc}; using naive mode", RuntimeWarning, stacklevel=3)
-                if bar is not None:
-                    bar.reset()
-        outputs = run_naive(model, occlusions, batch_size, update)
-        return outputs, {"mode": "naive", "requested_mode": mode, "batch_size": batch_size or 16}
-    finally:
-        if bar is not None:
-            bar.close()
+def _approximation(mode: str, tau: float | None, drilldown: Any) -> tuple[float, Drilldown | None]:
+    if mode != "approximate":
+        if tau is not None or drilldown not in (None, False):
+            raise ValueError(f"tau and drilldown apply to mode='approximate' only (mode is {mode!r})")
+        return 1.0, None
+    settings = parse_drilldown(drilldown)
+    if tau is None:
+        tau = DEFAULT_TAU
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1:
+        raise ValueError(f"tau must be a number with 0 < tau <= 1, got {tau!r}")
+    return float(tau), settings
 
 
-def _evaluate_exact(
-    model: nn.Module, occlusions: Occlusions, batch_size: int | None, update: Callable | None
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    graph = captured(model, occlusions.image)
-    try:
-        plan = plan_for(graph, occlusions)
-        result = run_exact(graph, occlusions, plan, batch_size, update)
-    except Exception as exc:  # an op the engine could not batch: still answer, correctly
-        raise CaptureError(f"incremental inference failed ({exc})") from exc
-    if not self_check(model, occlusions, result.outputs):
-        raise CaptureError("incremental results failed the self-check")
-    naive = plan.naive_macs() * occlusions.count
-    stats = {
-        "mode": "exact",
-        "requested_mode": "exact",
-        "batch_size": result.batch_size,
-        "flops_naive": naive,
-        "flops": result.macs + plan.untouched_macs,
-        "theoretical_speedup": naive / max(1, result.macs + plan.untouched_macs),
-        "fallbacks": plan.fallbacks,
-    }
-    return result.outputs, stats
+class _Job:
+    """One explanation request: evaluates occlusions in the chosen mode, with progress reporting."""
+
+    def __init__(self, model, image, patch, stride, fill, target, mode, tau, batch_size, progress, on_update):
+        self.model, self.image, self.patch, self.stride, self.fill = model, image, patch, stride, fill
+        self.target, self.mode, self.tau, self.batch_size = target, mode, tau, batch_size
+        self.progress, self.on_update = progress, on_update
+        self.fine, self.positions = grid_occlusions(image, patch, stride, fill)
+        self.grid = tuple(self.positions.shape[:2])
+        self.started = time.perf_counter()
+
+    def run(self, settings: Drilldown | None) -> tuple[torch.Tensor, dict[str, Any], np.ndarray | None]:
+        if settings is None:
+            outputs, stats = self.evaluate(self.fine, self._reporter(np.zeros(self.grid), None))
+            stats.update(self._settings(None))
+            return outputs, stats, None
+        s1 = coarse_stride(settings, self.stride)
+        coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
+        stage1, stats1 = self.evaluate(coarse, None)
+        interpolated, rows = drill(stage1, coarse_grid, s1, self.grid, self.stride, self.target, settings.fraction)
+        estimate = interpolated[..., self.target]
+        self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
+        stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
+        naive = self._naive_macs()
+        spent = stats1.get("flops", naive / self.fine.count * coarse.count) + stats2.get(
+            "flops", naive / self.fine.count * len(rows)
+        )
+        stats = {
+            "mode": stats2["mode"],
+            "requested_mode": "approximate",
+            "batch_size": stats2["batch_size"],
+            "flops_naive": naive,
+            "flops": spent,
+            "theoretical_speedup": naive / max(1, spent),
+            "fallbacks": stats2.get("fallbacks", []),
+            "coarse_positions": coarse.count,
+            "drilled_positions": int(len(rows)),
+        }
+        stats.update(self._settings(settings))
+        drilled = np.zeros(self.fine.count, dtype=bool)
+        drilled[rows] = True
+        return combine(interpolated, rows, stage2), stats, drilled.reshape(self.grid)
+
+    def _naive_macs(self) -> int:
+        graph = captured(self.model, self.image)
+        return plan_for(graph, self.fine).naive_macs() * self.fine.count
+
+    def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
+        info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
+        if settings is not None:
+            info["drilldown"] = {"fraction": settings.fraction, "speedup": settings.speedup,
+                                 "coarse_stride": coarse_stride(settings, self.stride)}
+        return info
+
+    def evaluate(self, occ: Occlusions, report: Callable | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        bar, update = _progress_bar(self.progress, occ.count, self.mode)
+        try:
+            if self.mode != "naive":
+                try:
+                    return self._incremental(occ, update, report)
+                except CaptureError as exc:
+                    warnings.warn(f"krypton: {exc}; using naive mode", RuntimeWarning, stacklevel=4)
+                    if bar is not None:
+                        bar.reset()
+            outputs = run_naive(self.model, occ, self.batch_size, update)
+            if report is not None:
+                report(np.arange(occ.count), outputs)
+            return outputs, {"mode": "naive", "requested_mode": self.mode, "batch_size": self.batch_size or 16}
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _incremental(self, occ: Occlusions, update: Callable | None, report: Callable | None):
+        graph = captured(self.model, self.image)
+        try:
+            plan = plan_for(graph, occ, threshold(self.tau))
+            size = self.batch_size or auto_batch(plan)
+            groups = _progressive_groups(plan, occ, size) if report is not None else None
+            result = run_exact(graph, occ, plan, size, update, groups, report)
+            exact_outputs = result.outputs if self.tau >= 1 else None
+            if exact_outputs is None:  # approximations differ from naive by design: check the engine on 2 positions
+                probe = Occlusions(occ.image, occ.lo[[0, -1]], occ.hi[[0, -1]], occ.patch, occ.baseline)
+                exact_outputs, occ = run_exact(graph, probe, batch_size=2).outputs, probe
+        except Exception as exc:  # an op the engine could not batch: still answer, correctly
+            raise CaptureError(f"incremental inference failed ({exc})") from exc
+        if not self_check(self.model, occ, exact_outputs):
+            raise CaptureError("incremental results failed the self-check")
+        naive = plan.naive_macs() * result.outputs.shape[0]
+        spent = result.macs + plan.untouched_macs
+        stats = {
+            "mode": self.mode,
+            "requested_mode": self.mode,
+            "batch_size": result.batch_size,
+            "flops_naive": naive,
+            "flops": spent,
+            "theoretical_speedup": naive / max(1, spent),
+            "fallbacks": plan.fallbacks,
+        }
+        return result.outputs, stats
+
+    def _reporter(self, estimate: np.ndarray, rows: np.ndarray | None):
+        """A callback turning partial outputs into an `Update` of the whole fine-grid map.
+
+        Without `rows` (one pass) missing cells copy their nearest computed neighbour; with `rows`
+        (drill-down stage 2) they keep the interpolated stage-1 estimate.
+        """
+        if self.on_update is None:
+            return None
+        values, done = estimate.astype(np.float64).copy(), np.zeros(self.grid, dtype=bool)
+        total = self.fine.count if rows is None else len(rows)
+
+        def report(index: np.ndarray, outputs: torch.Tensor) -> None:
+            cells = index if rows is None else rows[index]
+            probs = torch.softmax(outputs[torch.from_numpy(index)].double(), -1)[:, self.target]
+            values.reshape(-1)[cells] = probs.cpu().numpy()
+            done.reshape(-1)[cells] = True
+            shown = values if rows is not None else fill_missing(values, done)
+            self._send(shown, done, int(done.sum()), total)
+
+        return report
+
+    def _send(self, values: np.ndarray, known: np.ndarray, done: int, total: int) -> None:
+        if self.on_update is not None:
+            heat = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
+            elapsed = time.perf_counter() - self.started
+            self.on_update(Update(heat, torch.from_numpy(known.copy()), done, total, elapsed))
+
+
+def _progressive_groups(plan: Plan, occ: Occlusions, batch_size: int) -> list[np.ndarray]:
+    """Batches visiting coarse levels of the grid first (falls back to plain order off-grid)."""
+    ys, xs = np.unique(occ.lo[:, 1]), np.unique(occ.lo[:, 2])
+    if len(ys) * len(xs) != occ.count:
+        return batches(plan, batch_size)
+    level = levels((len(ys), len(xs)))
+    groups: list[np.ndarray] = []
+    for lvl in range(4):
+        members = np.nonzero(level == lvl)[0]
+        if len(members):
+            groups += batches(plan, batch_size, members)
+    return groups
 
 
 @dataclass
@@ -206,9 +336,14 @@ def analyze(
     patch: int | tuple[int, int] = 16,
     stride: int | tuple[int, int] = 4,
     batch_size: int | None = None,
+    tau: float = 1.0,
 ) -> Analysis:
-    """Theoretical (MAC-count) speedup of exact incremental inference over naive, per op."""
+    """Theoretical (MAC-count) speedup of incremental inference over naive, per op.
+
+    `tau` < 1 predicts approximate mode with projective-field thresholding.
+    """
     patch, stride = _validate.pair("patch", patch), _validate.pair("stride", stride)
+    tau, _ = _approximation("approximate", tau, None)
     shape = tuple(input_shape)
     if len(shape) == 3:
         shape = (1,) + shape
@@ -218,8 +353,8 @@ def analyze(
     image = torch.zeros(shape)
     graph = capture(model, image)
     occlusions, _ = grid_occlusions(image, patch, stride, torch.zeros(shape[1], *patch))
-    plan = plan_for(graph, occlusions)
-    batch_size = batch_size or auto_batch(plan)
+    plan = plan_for(graph, occlusions, threshold(tau))
+    batch_size = _validate.positive_int("batch_size", batch_size) or auto_batch(plan)
     return _analysis(plan, batch_size)
 
 

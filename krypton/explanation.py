@@ -15,6 +15,8 @@ class Explanation:
     scores: (H_M, W_M, K) model outputs with the patch at each grid position;
     base: (K,) output for the clean image; target: the explained class;
     positions: (H_M, W_M, 2) top-left (y, x) of the patch at each grid cell.
+    With adaptive drill-down, cells outside `drilled` hold log-probabilities interpolated from the
+    coarse pass (softmax of them is the interpolated distribution), not raw model outputs.
     """
 
     scores: torch.Tensor
@@ -26,6 +28,7 @@ class Explanation:
     image_size: tuple[int, int]
     mode: str
     stats: dict[str, Any] = field(default_factory=dict)
+    drilled: torch.Tensor | None = None  # (H_M, W_M) bool: cells computed at the fine stride (drill-down)
 
     @property
     def heatmap(self) -> torch.Tensor:

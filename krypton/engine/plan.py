@@ -9,6 +9,7 @@ multiply-accumulates (MACs) of a batch from the same windows, so `analyze` and e
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,15 @@ def _primary_body(shape: Any) -> tuple[int, ...]:
     return tuple(shape[1:]) if shape else ()
 
 
-def propagate(graph: Graph, image_boxes: Boxes) -> Plan:
-    """Boxes of every call for every position (one walk over the graph, vectorised over positions)."""
+BoxTransform = Callable[[Site, Rule, Boxes], Boxes]
+
+
+def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None = None) -> Plan:
+    """Boxes of every call for every position (one walk over the graph, vectorised over positions).
+
+    `transform`, when given, rewrites each call's output boxes between rules: approximations
+    (projective-field thresholding) live there, never inside the rules.
+    """
     env: dict[fx.Node, Any] = {graph.image: image_boxes}
     steps: list[Step] = []
     fallbacks: list[tuple[str, str]] = []
@@ -105,9 +113,11 @@ def propagate(graph: Graph, image_boxes: Boxes) -> Plan:
             out = rule.forward(site, boxes_in)
         except Exception as exc:
             raise type(exc)(f"{exc} [at {call.node.format_node()}]") from exc
-        env[call.node] = out
         if out is None:
             continue
+        if transform is not None:
+            out = _transformed(out, lambda b, site=site, rule=rule: transform(site, rule, b))
+        env[call.node] = out
         precise = rule.precise_for(site)
         if not precise:
             fallbacks.append((call.name, call.op_name))
@@ -117,6 +127,12 @@ def propagate(graph: Graph, image_boxes: Boxes) -> Plan:
     plan = Plan(graph, image_boxes, steps, fallbacks)
     plan.untouched_macs = untouched
     return plan
+
+
+def _transformed(out: Any, fn: Callable[[Boxes], Boxes]) -> Any:
+    if isinstance(out, tuple):
+        return (fn(out[0]) if out[0] is not None else None,) + out[1:]
+    return fn(out)
 
 
 def window(step: Step, index: np.ndarray) -> Window | None:
@@ -161,25 +177,26 @@ def position_macs(plan: Plan) -> np.ndarray:
     return total
 
 
-def batches(plan: Plan, batch_size: int) -> list[np.ndarray]:
+def batches(plan: Plan, batch_size: int, subset: np.ndarray | None = None) -> list[np.ndarray]:
     """Split positions into batches, grouping positions whose windows have the same shape.
 
     One window per batch pays for its largest member; positions at the same distance from the border
     have equal windows at every layer, so grouping them keeps most of the border saving. Row-major
     order is kept when it is predicted to be cheaper.
     """
-    count = plan.count
-    row_major = [np.arange(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]
+    members = np.arange(plan.count) if subset is None else np.asarray(subset)
+    count = len(members)
+    row_major = [members[i : i + batch_size] for i in range(0, count, batch_size)]
     if count <= batch_size:
         return row_major
     sizes = [s.primary.widen(s.full_axes, s.body).sizes() for s in plan.steps if s.macs and s.primary is not None]
     if not sizes:
         return row_major
-    signature = np.concatenate(sizes, axis=1)
+    signature = np.concatenate(sizes, axis=1)[members]
     _, group = np.unique(signature, axis=0, return_inverse=True)
     group = group.reshape(-1)
-    cost = position_macs(plan)
-    order = np.lexsort((np.arange(count), group, -cost))
+    cost = position_macs(plan)[members]
+    order = members[np.lexsort((np.arange(count), group, -cost))]
     grouped = [order[i : i + batch_size] for i in range(0, count, batch_size)]
     grouped_cost = sum(batch_macs(plan, b) for b in grouped)
     row_cost = sum(batch_macs(plan, b) for b in row_major)

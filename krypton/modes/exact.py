@@ -12,15 +12,15 @@ import torch
 from krypton.capture import Graph
 from krypton.engine.incremental import IncrementalRunner
 from krypton.engine.materialize import materialize
-from krypton.engine.plan import Plan, batches, propagate
+from krypton.engine.plan import BoxTransform, Plan, batches, propagate
 from krypton.modes.occlusions import Occlusions
 
 MAX_BATCH = 16
 MEMORY_BUDGET = 2 << 30  # bytes for one batch's windows, unless batch_size is given
 
 
-def plan_for(graph: Graph, occlusions: Occlusions) -> Plan:
-    return propagate(graph, occlusions.boxes())
+def plan_for(graph: Graph, occlusions: Occlusions, transform: BoxTransform | None = None) -> Plan:
+    return propagate(graph, occlusions.boxes(), transform)
 
 
 def auto_batch(plan: Plan, budget: int = MEMORY_BUDGET) -> int:
@@ -49,15 +49,21 @@ def run_exact(
     plan: Plan | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    groups: list[np.ndarray] | None = None,
+    on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
 ) -> ExactResult:
-    """Outputs for every occlusion by incremental inference, in the occlusions' order."""
+    """Outputs for every occlusion by incremental inference, in the occlusions' order.
+
+    `groups` (lists of position indices, in visiting order) overrides the planner's batching;
+    `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
+    """
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
     base = materialize(graph, occlusions.image)
     runner = IncrementalRunner(plan, base, occlusions.image_delta())
     outputs: torch.Tensor | None = None
     macs = 0
-    for index in batches(plan, batch_size):
+    for index in groups if groups is not None else batches(plan, batch_size):
         out, spent = runner.run(index)
         macs += spent
         if outputs is None:
@@ -65,6 +71,8 @@ def run_exact(
         outputs[torch.from_numpy(index).to(out.device)] = out
         if progress:
             progress(len(index))
+        if on_batch:
+            on_batch(index, outputs)
     assert outputs is not None
     return ExactResult(outputs, macs, batch_size)
 

@@ -84,6 +84,10 @@ class Rule:
         """Whether this call gets a precise window (False: recomputed whole when an input changed)."""
         return self.precise
 
+    def spatial_axes(self, site: Site) -> tuple[int, ...]:
+        """Axes along which the op's receptive field grows (where projective-field thresholding cuts)."""
+        return ()
+
     def compute(self, site: Site, frame: Frame, window: Window) -> Any:
         """Run the op on whole, batched inputs; `window` is the whole tensor here."""
         args = {name: _whole_batch(frame, value) for name, value in site.args.items()}

@@ -71,7 +71,18 @@ class Geometry:
         return start, tuple(size)
 
 
-class Convolution(Rule):
+class Sliding(Rule):
+    """Base of the sliding-window rules: the trailing `rank` axes are spatial."""
+
+    def geometry(self, site: Site) -> Geometry:
+        raise NotImplementedError
+
+    def spatial_axes(self, site: Site) -> tuple[int, ...]:
+        nd, k = len(site.body()), self.geometry(site).rank
+        return tuple(range(nd - k, nd))
+
+
+class Convolution(Sliding):
     """Convolution (not transposed): every output channel of a group reads all its input channels."""
 
     name = "convolution"
@@ -136,7 +147,7 @@ class Convolution(Rule):
         return int(np.prod(weight[1:]))
 
 
-class MaxPool(Rule):
+class MaxPool(Sliding):
     """Max pooling, any padding/dilation/ceil_mode: padding reads as -inf."""
 
     name = "max_pool"

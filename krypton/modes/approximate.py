@@ -1,0 +1,122 @@
+"""Approximate inference: projective-field thresholding (tau) and adaptive drill-down.
+
+Thresholding (the paper's Eqs. 21-27) is a box transform applied between rules: after every
+sliding-window op, each position's changed region is cut to at most round(tau * size) cells per
+spatial axis, keeping its centre; cells outside keep their clean values. Drill-down (Eqs. 28-29)
+explains the whole image at a coarse stride first, then only the most sensitive fraction of cells at
+the requested stride.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from krypton.box import Boxes
+from krypton.engine.plan import BoxTransform
+from krypton.rules import Rule, Site
+
+
+def threshold(tau: float) -> BoxTransform | None:
+    """The projective-field threshold as a box transform (None for tau = 1: exact)."""
+    if tau >= 1.0:
+        return None
+
+    def cut(site: Site, rule: Rule, boxes: Boxes) -> Boxes:
+        axes = rule.spatial_axes(site)
+        if not axes:
+            return boxes
+        body = site.body()
+        lo, hi = boxes.lo.copy(), boxes.hi.copy()
+        for a in axes:
+            cap = max(1, int(round(tau * body[a])))
+            over = np.maximum(hi[:, a] - lo[:, a] - cap, 0)
+            lo[:, a] += over // 2
+            hi[:, a] = np.where(over > 0, lo[:, a] + cap, hi[:, a])
+        return Boxes(lo, hi)
+
+    return cut
+
+
+@dataclass(frozen=True)
+class Drilldown:
+    """Adaptive drill-down settings.
+
+    fraction: share r of the fine grid re-explained at the requested stride (0 < r <= 1);
+    speedup: target speedup of the two stages over one fine pass, sets the coarse stride (Eq. 29);
+    coarse_stride: the stage-1 stride S1 itself (overrides `speedup`); must be >= the stride.
+    """
+
+    fraction: float = 0.25
+    speedup: float = 3.0
+    coarse_stride: int | tuple[int, int] | None = None
+
+
+def parse_drilldown(value: Any) -> Drilldown | None:
+    """None/False, True (defaults), a Drilldown, or a dict of its fields."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Drilldown()
+    if isinstance(value, Drilldown):
+        result = value
+    elif isinstance(value, dict):
+        unknown = set(value) - {"fraction", "speedup", "coarse_stride"}
+        if unknown:
+            raise ValueError(f"drilldown has unknown keys {sorted(unknown)}; allowed: fraction, speedup, coarse_stride")
+        result = Drilldown(**value)
+    else:
+        raise ValueError(f"drilldown must be None, True, a krypton.Drilldown or a dict, got {type(value).__name__}")
+    if not isinstance(result.fraction, (int, float)) or not 0 < result.fraction <= 1:
+        raise ValueError(f"drilldown fraction r must be in (0, 1], got {result.fraction!r}")
+    if result.coarse_stride is None:
+        if not isinstance(result.speedup, (int, float)) or result.speedup <= 1:
+            raise ValueError(f"drilldown speedup must be > 1, got {result.speedup!r}")
+        if result.fraction * result.speedup >= 1:
+            raise ValueError(
+                f"drilldown speedup {result.speedup} is unreachable with fraction {result.fraction}: "
+                "need fraction * speedup < 1 (Eq. 30)"
+            )
+    return result
+
+
+def coarse_stride(settings: Drilldown, stride: tuple[int, int]) -> tuple[int, int]:
+    """S1 per axis: given, or from the target speedup, S1 = sqrt(t / (1 - r t)) * S2 (Eq. 29)."""
+    if settings.coarse_stride is not None:
+        s1 = settings.coarse_stride
+        s1 = (s1, s1) if isinstance(s1, int) else tuple(s1)
+        if len(s1) != 2 or any(not isinstance(v, int) or v < s for v, s in zip(s1, stride)):
+            raise ValueError(f"drilldown coarse_stride S1 must be an int or pair >= stride {stride}, got {s1}")
+        return (int(s1[0]), int(s1[1]))
+    t, r = settings.speedup, settings.fraction
+    factor = math.sqrt(t / (1 - r * t))
+    return (max(stride[0], int(round(factor * stride[0]))), max(stride[1], int(round(factor * stride[1]))))
+
+
+def predicted_speedup(s1: tuple[int, int], s2: tuple[int, int], fraction: float) -> float:
+    """Eq. 28 per axis pair: positions of one fine pass / positions of both stages."""
+    return (s1[0] * s1[1]) / (s2[0] * s2[1] + fraction * s1[0] * s1[1])
+
+
+def upsample(coarse: np.ndarray, coarse_stride: tuple[int, int], fine_shape: tuple[int, int],
+             fine_stride: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2)."""
+    out = coarse
+    for axis in range(2):
+        src = np.arange(coarse.shape[axis]) * coarse_stride[axis]
+        dst = np.arange(fine_shape[axis]) * fine_stride[axis]
+        out = np.apply_along_axis(lambda v, s=src, d=dst: np.interp(d, s, v), axis, out)
+    return out
+
+
+def select_cells(upsampled: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of the `fraction` of cells with the lowest target probability (largest drops)."""
+    flat = upsampled.reshape(-1)
+    count = max(1, int(math.ceil(fraction * flat.size)))
+    chosen = np.argsort(flat, kind="stable")[:count]
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[chosen] = True
+    return mask.reshape(upsampled.shape)

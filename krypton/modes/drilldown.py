@@ -1,0 +1,52 @@
+"""Adaptive drill-down: a coarse pass over the whole image, then a fine pass where it matters.
+
+Stage 1 explains the coarse grid (stride S1); its class-probability maps are interpolated onto the
+fine grid; stage 2 explains, at the requested stride, the fraction r of fine cells with the lowest
+interpolated target probability (largest drop). The result keeps stage-2 outputs where drilled and the
+interpolated stage-1 values elsewhere, stored as log-probabilities so that softmax gives them back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from krypton.modes.approximate import select_cells, upsample
+from krypton.modes.occlusions import Occlusions, grid_occlusions
+
+
+def coarse_occlusions(
+    image: torch.Tensor, patch: tuple[int, int], s1: tuple[int, int], fill: torch.Tensor
+) -> tuple[Occlusions, tuple[int, int]]:
+    """Stage 1: the whole image at the coarse stride."""
+    occ, positions = grid_occlusions(image, patch, s1, fill)
+    return occ, tuple(positions.shape[:2])
+
+
+def drill(
+    stage1: torch.Tensor,
+    coarse_grid: tuple[int, int],
+    s1: tuple[int, int],
+    grid: tuple[int, int],
+    stride: tuple[int, int],
+    target: int,
+    fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolated class probabilities on the fine grid (H_M, W_M, K), and the fine rows to drill."""
+    probs = torch.softmax(stage1.double(), dim=-1).reshape(*coarse_grid, -1).cpu().numpy()
+    interpolated = upsample(probs, s1, grid, stride)
+    drilled = select_cells(interpolated[..., target], fraction)
+    return interpolated, np.nonzero(drilled.reshape(-1))[0]
+
+
+def subset(occ: Occlusions, rows: np.ndarray) -> Occlusions:
+    return Occlusions(occ.image, occ.lo[rows], occ.hi[rows], patch=occ.patch, baseline=occ.baseline)
+
+
+def combine(interpolated: np.ndarray, rows: np.ndarray, stage2: torch.Tensor) -> torch.Tensor:
+    """Fine-grid scores (P, K): stage-2 outputs at drilled rows, log interpolated probabilities elsewhere."""
+    k = interpolated.shape[-1]
+    scores = torch.from_numpy(np.log(np.clip(interpolated.reshape(-1, k), 1e-30, None)))
+    scores = scores.to(stage2.device, stage2.dtype)
+    scores[torch.from_numpy(rows).to(stage2.device)] = stage2
+    return scores

@@ -1,0 +1,50 @@
+"""Progressive results: compute a coarse sub-grid first, then refine, reporting a full map each time.
+
+Positions are visited level by level (every 8th cell, then every 4th, 2nd, then the rest), so the
+first update already spans the whole image; cells not yet computed take their nearest computed
+neighbour's value. The last update is the finished map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+@dataclass
+class Update:
+    """One progressive snapshot: a whole heat map, some of it estimated from computed neighbours."""
+
+    heatmap: torch.Tensor  # (H_M, W_M) target probability
+    computed: torch.Tensor  # (H_M, W_M) bool: cells whose value is final
+    done: int
+    total: int
+    elapsed_s: float
+
+    @property
+    def final(self) -> bool:
+        return self.done == self.total
+
+
+OnUpdate = Callable[[Update], None]
+
+
+def levels(grid: tuple[int, int]) -> np.ndarray:
+    """(H_M * W_M,) visiting level of each cell: 0 for every 8th cell in both axes, ..., 3 for the rest."""
+    ii, jj = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    level = np.full(grid, 3)
+    for lvl, step in ((2, 2), (1, 4), (0, 8)):
+        level[(ii % step == 0) & (jj % step == 0)] = lvl
+    return level.reshape(-1)
+
+
+def fill_missing(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Copy each unknown cell's nearest known value (values: (H, W); known: (H, W) bool)."""
+    if known.all() or not known.any():
+        return values
+    _, (ri, ci) = ndimage.distance_transform_edt(~known, return_indices=True)
+    return values[ri, ci]

@@ -1,0 +1,181 @@
+"""Approximate inference: thresholding, drill-down, progressive maps, SSIM and tuning (synthetic models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import condition
+from torch import nn
+
+import krypton
+
+
+def model_and_image(size: int = 48):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6),
+    )
+    model = condition(model, (1, 3, size, size))
+    return model, torch.randn(3, size, size)
+
+
+def test_tau_one_is_exact():
+    model, image = model_and_image()
+    exact = krypton.explain(model, image, patch=8, stride=4)
+    approx = krypton.explain(model, image, patch=8, stride=4, mode="approximate", tau=1.0)
+    torch.testing.assert_close(approx.scores, exact.scores, rtol=0, atol=0)
+    assert approx.stats["tau"] == 1.0
+
+
+def test_drilldown_with_full_fraction_is_exact_at_fine_stride():
+    model, image = model_and_image()
+    exact = krypton.explain(model, image, patch=8, stride=4)
+    drilled = krypton.explain(
+        model, image, patch=8, stride=4, mode="approximate", tau=1.0,
+        drilldown={"fraction": 1.0, "coarse_stride": 12},
+    )
+    torch.testing.assert_close(drilled.scores, exact.scores, rtol=1e-5, atol=1e-6)
+    assert bool(drilled.drilled.all())
+    assert drilled.stats["drilled_positions"] == exact.stats["positions"]
+
+
+def test_drilldown_keeps_fine_values_where_drilled_and_coarse_elsewhere():
+    model, image = model_and_image()
+    exact = krypton.explain(model, image, patch=8, stride=4)
+    approx = krypton.explain(
+        model, image, patch=8, stride=4, mode="approximate", tau=1.0, drilldown={"fraction": 0.3, "speedup": 2.0}
+    )
+    mask = approx.drilled
+    assert 0.25 <= float(mask.float().mean()) <= 0.35
+    torch.testing.assert_close(approx.heatmap[mask], exact.heatmap[mask], rtol=1e-5, atol=1e-6)
+    s1 = approx.stats["drilldown"]["coarse_stride"]
+    assert s1 == (9, 9)  # Eq. 29: sqrt(2 / (1 - 0.3 * 2)) * 4 = 8.94 -> 9
+    # drilled cells are the most sensitive ones of the coarse estimate: their mean probability is lower
+    assert approx.heatmap[mask].mean() < approx.heatmap[~mask].mean()
+
+
+def test_smaller_tau_never_predicts_more_flops():
+    model, _ = model_and_image(64)
+    previous = None
+    for tau in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+        macs = krypton.analyze(model, (3, 64, 64), patch=8, stride=4, tau=tau, batch_size=8).incremental_macs
+        if previous is not None:
+            assert macs <= previous + 1e-6
+        previous = macs
+    assert previous < krypton.analyze(model, (3, 64, 64), patch=8, stride=4, batch_size=8).incremental_macs
+
+
+def test_threshold_cuts_boxes_around_their_centre():
+    from krypton.box import Boxes
+    from krypton.modes.approximate import threshold
+    from krypton.rules import lookup
+
+    class FakeSite:
+        def body(self):
+            return (4, 20, 10)
+
+    class FakeRule:
+        def spatial_axes(self, site):
+            return (1, 2)
+
+    cut = threshold(0.5)
+    out = cut(FakeSite(), FakeRule(), Boxes(np.array([[0, 2, 0]]), np.array([[4, 16, 3]])))
+    assert out.lo.tolist() == [[0, 4, 0]] and out.hi.tolist() == [[4, 14, 3]]  # 14 -> 10 rows, centred
+    assert threshold(1.0) is None and lookup is not None
+
+
+def test_progressive_updates_end_with_the_same_map():
+    model, image = model_and_image()
+    updates: list[krypton.Update] = []
+    final = krypton.explain(model, image, patch=8, stride=2, on_update=updates.append, batch_size=8)
+    plain = krypton.explain(model, image, patch=8, stride=2, batch_size=8)
+    assert len(updates) >= 3
+    first, last = updates[0], updates[-1]
+    assert first.done < first.total and first.heatmap.shape == plain.heatmap.shape
+    assert torch.isfinite(first.heatmap).all()
+    assert last.final and bool(last.computed.all())
+    torch.testing.assert_close(last.heatmap, plain.heatmap, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(final.heatmap, plain.heatmap, rtol=1e-5, atol=1e-6)
+    assert [u.done for u in updates] == sorted(u.done for u in updates)
+
+
+def test_progressive_drilldown_sends_the_coarse_map_first():
+    model, image = model_and_image()
+    updates: list[krypton.Update] = []
+    krypton.explain(model, image, patch=8, stride=4, mode="approximate", drilldown=True, on_update=updates.append)
+    assert updates[0].done == 0 and not bool(updates[0].computed.any())
+    assert updates[-1].final
+
+
+def test_stats_record_settings_and_ssim():
+    model, image = model_and_image()
+    result = krypton.explain(
+        model, image, patch=8, stride=4, mode="approximate", tau=0.6, drilldown={"fraction": 0.5, "speedup": 1.5},
+        compare_exact=True,
+    )
+    stats = result.stats
+    assert stats["tau"] == 0.6 and stats["drilldown"]["fraction"] == 0.5
+    assert stats["theoretical_speedup"] > 1.0
+    assert -1.0 <= stats["ssim_vs_exact"] <= 1.0
+
+
+def test_ssim_basics():
+    a = torch.rand(9, 11)
+    assert krypton.ssim(a, a) == pytest.approx(1.0)
+    assert krypton.ssim(a, 1 - a) < 0.5
+    with pytest.raises(ValueError, match="same shape"):
+        krypton.ssim(a, a[:5])
+    with pytest.raises(ValueError, match="3x3"):
+        krypton.ssim(a[:2], a[:2])
+
+
+def test_tune_picks_a_tau_from_the_grid_and_reports_heldout():
+    model, image = model_and_image(40)
+    images = [image, torch.randn(3, 40, 40), torch.randn(3, 40, 40)]
+    result = krypton.tune(model, images[:2], heldout_images=images[2:], patch=8, stride=8,
+                          taus=(0.9, 0.7, 0.5), target_ssim=0.5)
+    assert result.tau in (1.0, 0.9, 0.7, 0.5)
+    assert set(result.sample_ssim) == {0.9, 0.7, 0.5} and all(len(v) == 2 for v in result.sample_ssim.values())
+    assert len(result.heldout_ssim) == 1
+    for tau, values in result.sample_ssim.items():
+        if tau >= result.tau and result.tau < 1.0:
+            assert np.quantile(values, 0.1) >= 0.5
+    assert "tau =" in result.summary()
+
+
+def test_drilldown_for_turns_speedup_into_settings():
+    settings, predicted = krypton.drilldown_for(3.0, 0.25, 4)
+    assert settings.coarse_stride == (14, 14)  # sqrt(3 / 0.25) * 4 = 13.9 -> 14, the paper's ImageNet setting
+    assert predicted == pytest.approx(196 / (16 + 0.25 * 196))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mode": "approximate", "tau": 0.0}, "tau"),
+        ({"mode": "approximate", "tau": 1.5}, "tau"),
+        ({"mode": "approximate", "tau": -0.2}, "tau"),
+        ({"mode": "exact", "tau": 0.5}, "approximate"),
+        ({"mode": "approximate", "drilldown": {"fraction": 0.0}}, "fraction"),
+        ({"mode": "approximate", "drilldown": {"fraction": 1.5}}, "fraction"),
+        ({"mode": "approximate", "drilldown": {"coarse_stride": 2}}, "coarse_stride"),
+        ({"mode": "approximate", "drilldown": {"fraction": 0.5, "speedup": 3}}, "unreachable"),
+        ({"mode": "approximate", "drilldown": {"rate": 0.5}}, "unknown"),
+        ({"mode": "approximate", "drilldown": "yes"}, "drilldown"),
+    ],
+)
+def test_bad_approximation_settings(kwargs, match):
+    model, image = model_and_image(24)
+    with pytest.raises(ValueError, match=match):
+        krypton.explain(model, image, patch=8, stride=4, **kwargs)
+
+
+def test_tune_rejects_bad_arguments():
+    model, image = model_and_image(24)
+    with pytest.raises(ValueError, match="target_ssim"):
+        krypton.tune(model, [image], target_ssim=1.5, patch=8, stride=8)
+    with pytest.raises(ValueError, match="sample_images"):
+        krypton.tune(model, [], patch=8, stride=8)
