@@ -1,0 +1,78 @@
+"""Exact incremental inference vs naive full re-inference (issue 2's benchmark).
+
+VGG16, ResNet18 and Inception3 (torchvision, random weights), patch 16, stride 4, fill 0, on the same
+fixed random sample of grid positions, in one process. Naive runs at its fastest batch size (chosen
+from a short trial); exact at the engine's default. Prints time ratio, theoretical (MAC) ratio and the
+peak resident-memory growth of each run.
+
+    .venv/bin/python benchmarks/bench_exact.py [--positions 256] [--models vgg16 resnet18 inception_v3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+from _common import measure, sample_positions, torchvision_model
+
+from krypton.api import _analysis, captured
+from krypton.modes.exact import auto_batch, plan_for, run_exact
+from krypton.modes.naive import run_naive
+from krypton.modes.occlusions import Occlusions
+
+PAPER_CPU = {"vgg16": 5.4, "resnet18": 2.1, "inception_v3": 1.5}
+
+
+def best_naive_batch(model: torch.nn.Module, occ: Occlusions, candidates=(8, 16, 32)) -> int:
+    """The batch size with the lowest time per position on a short trial (32 positions each)."""
+    trial = Occlusions(occ.image, occ.lo[:32], occ.hi[:32], patch=occ.patch)
+    timings = {b: measure(lambda b=b: run_naive(model, trial, b))[0] for b in candidates}
+    return min(timings, key=timings.get)
+
+
+def run(name: str, positions: int) -> dict:
+    model, size = torchvision_model(name)
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, size, size)
+    occ = sample_positions(image, 16, 4, positions)
+    graph = captured(model, image)
+    plan = plan_for(graph, occ)
+    batch = auto_batch(plan)
+    theory = _analysis(plan, batch).speedup
+    naive_batch = best_naive_batch(model, occ)
+    run_exact(graph, Occlusions(image, occ.lo[:batch], occ.hi[:batch], patch=occ.patch), batch_size=batch)  # warm-up
+    t_exact, m_exact, exact = measure(lambda: run_exact(graph, occ, plan, batch))
+    t_naive, m_naive, naive = measure(lambda: run_naive(model, occ, naive_batch))
+    with torch.no_grad():
+        clean = model(image)
+    err = float(((exact.outputs - clean) - (naive - clean)).abs().max())
+    return {
+        "model": name, "positions": occ.count, "naive_batch": naive_batch, "exact_batch": batch,
+        "naive_s": t_naive, "exact_s": t_exact, "ratio": t_naive / t_exact, "theory": theory,
+        "naive_mb": m_naive / 2**20, "exact_mb": m_exact / 2**20, "max_err": err,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=256)
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18", "inception_v3"])
+    args = parser.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| model | positions | naive s (batch) | exact s (batch) | speedup | theoretical | paper CPU | "
+          "peak MB naive / exact | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        r = run(name, args.positions)
+        print(
+            f"| {name} | {r['positions']} | {r['naive_s']:.1f} ({r['naive_batch']}) | {r['exact_s']:.1f} "
+            f"({r['exact_batch']}) | **{r['ratio']:.2f}x** | {r['theory']:.2f}x | {PAPER_CPU[name]}x | "
+            f"{r['naive_mb']:.0f} / {r['exact_mb']:.0f} | {r['max_err']:.1e} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
