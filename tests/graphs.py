@@ -217,3 +217,19 @@ class DirectOps(nn.Module):
         flat = aten._unsafe_view.default(y, [y.shape[0], 4 * 11, 13])
         gram = aten.bmm.default(flat, aten.permute.default(flat, [0, 2, 1]))  # (1, 44, 44)
         return aten.mm.default(gram.sum(dim=2) / 100.0, self.w)
+
+
+class SamePadPool(nn.Module):
+    """Keras-style 'same' max pooling: edge cells repeated by a clamped-arange gather, then pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = Head(4 * 6 * 7)
+
+    def forward(self, x):
+        y = self.conv(x)
+        rows = torch.clamp(torch.arange(12), 0, 10)
+        cols = torch.clamp(torch.arange(14), 0, 12)
+        y = y[:, :, rows][:, :, :, cols]
+        return self.head(F.max_pool2d(y, 2))

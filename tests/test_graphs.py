@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from graphs import IMAGE_MODELS, IMAGE_SHAPE, Conv1d, Conv3d, DirectOps
+from graphs import IMAGE_MODELS, IMAGE_SHAPE, Conv1d, Conv3d, DirectOps, SamePadPool
 from helpers import assert_exact
 
 from krypton.capture import capture
@@ -15,7 +15,7 @@ from krypton.modes.occlusions import Occlusions
 from krypton.rules import FULL, RULES
 
 
-@pytest.mark.parametrize("model_cls", IMAGE_MODELS + [DirectOps], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("model_cls", IMAGE_MODELS + [DirectOps, SamePadPool], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("patch,stride", [((3, 4), (2, 1)), ((5, 5), (3, 4)), ((1, 1), (1, 1))])
 def test_small_graphs_match_full_inference(model_cls, patch, stride):
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_every_registered_rule_is_exercised():
     """Coverage derived from the registry: every op with a rule occurs in one of the test graphs."""
     seen = set()
     torch.manual_seed(0)
-    for cls in IMAGE_MODELS + [DirectOps]:
+    for cls in IMAGE_MODELS + [DirectOps, SamePadPool]:
         seen |= {c.target for c in capture(cls().eval(), torch.randn(IMAGE_SHAPE)).calls}
     for cls, shape in [(Conv1d, (1, 2, 37)), (Conv3d, (1, 1, 7, 9, 10))]:
         model = cls()
@@ -96,3 +96,11 @@ def test_fallback_ops_are_reported():
     assert "aten._adaptive_avg_pool2d.default" in ops and "aten.addmm.default" in ops
     assert all(s.precise or s.call.op_name in ops for s in plan.steps)
     assert any(s.rule is FULL or not s.precise for s in plan.steps)
+
+
+def test_clamped_index_gather_stays_incremental():
+    torch.manual_seed(0)
+    image = torch.randn(IMAGE_SHAPE)
+    graph = capture(SamePadPool().eval(), image)
+    plan = plan_for(graph, _slab_occlusions(image, 2, 3))
+    assert not [op for _, op in plan.fallbacks if "index" in op]

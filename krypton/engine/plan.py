@@ -103,7 +103,7 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
     fallbacks: list[tuple[str, str]] = []
     untouched = 0
     for call in graph.calls:
-        site = Site(call, graph.shapes)
+        site = Site(call, graph.shapes, graph.static_value)
         rule = choose_rule(call)
         boxes_in = _boxes_for_args(call, env)
         if not any(v is not None and (not isinstance(v, list) or any(v)) for v in boxes_in.values()):

@@ -30,6 +30,7 @@ class Site:
 
     call: Call
     shapes: dict[fx.Node, Any]
+    static: Any = None  # callable node -> value, for nodes that do not depend on the image
 
     @property
     def args(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import fx
 
 from krypton.box import Boxes, Window, union_all
 from krypton.rules.pointwise import broadcast_box, window_for_input
@@ -220,7 +221,82 @@ class Cat(Rule):
         return torch.cat(parts, dim=axis + 1)
 
 
+def _depends_on_input(node: fx.Node) -> bool:
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if current.op == "placeholder":
+            return True
+        if current not in seen:
+            seen.add(current)
+            todo.extend(current.all_input_nodes)
+    return False
+
+
+class IndexSelect(Rule):
+    """`x[..., idx, ...]` with one constant, non-decreasing index on one axis (Keras 'same' pooling pads).
+
+    Output cell i reads input cell idx[i]; for a change on [lo, hi) the changed outputs are
+    [searchsorted(idx, lo), searchsorted(idx, hi)), contiguous because idx is sorted.
+    """
+
+    name = "index_select"
+    precise = True
+    exact = True
+
+    def _index(self, site: Site) -> tuple[int, np.ndarray] | None:
+        given = [(a, v) for a, v in enumerate(site.args["indices"]) if v is not None]
+        if len(given) != 1 or given[0][0] == 0 or site.static is None:
+            return None
+        axis, node = given[0]
+        shape = site.shape(node)
+        if shape is None or len(shape) != 1 or _depends_on_input(node):
+            return None
+        idx = site.static(node).cpu().numpy()
+        if idx.dtype.kind not in "iu" or (idx < 0).any() or (np.diff(idx) < 0).any():
+            return None
+        return axis - 1, idx.astype(np.int64)
+
+    def precise_for(self, site: Site) -> bool:
+        return self._index(site) is not None
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        found = self._index(site)
+        if found is None or any(b is not None for b in boxes["indices"]):
+            return Rule.forward(self, site, boxes)
+        box = boxes["self"]
+        if box is None:
+            return None
+        axis, idx = found
+        lo, hi = box.lo.copy(), box.hi.copy()
+        lo[:, axis] = np.searchsorted(idx, box.lo[:, axis], side="left")
+        hi[:, axis] = np.searchsorted(idx, box.hi[:, axis], side="left")
+        return Boxes.make(lo, hi * box.nonempty[:, None], site.body())
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        found = self._index(site)
+        if found is None:
+            return Rule.compute(self, site, frame, window)
+        axis, idx = found
+        x = site.args["self"]
+        n = window.size[axis]
+        picked = idx[window.start[:, axis : axis + 1] + np.arange(n)]  # (B, n) input cells
+        first = picked[:, 0]
+        span = int((picked[:, -1] - first).max()) + 1
+        start = window.start.copy()
+        start[:, axis] = np.minimum(first, site.body(x)[axis] - span)
+        size = list(window.size)
+        size[axis] = span
+        inputs = frame.assemble(x, start, tuple(size))
+        local = torch.from_numpy(picked - start[:, axis : axis + 1]).to(inputs.device)
+        shape = [window.batch] + [1] * len(size)
+        shape[axis + 1] = n
+        local = local.reshape(shape).expand((window.batch,) + tuple(window.size))
+        return torch.gather(inputs, axis + 1, local)
+
+
 register(operator.getitem, GetItem())
+register(aten.index.Tensor, IndexSelect())
 register(aten.permute.default, Permute())
 register(
     # The forms core-ATen capture emits (reshape, _unsafe_view, squeeze.dim decompose into these).
