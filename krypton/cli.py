@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("krypton: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `krypton demos | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # every user-facing failure becomes one line
         if os.environ.get("KRYPTON_DEBUG"):
             raise

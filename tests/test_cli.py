@@ -153,6 +153,12 @@ def test_unreadable_image_and_mismatched_weights(capsys, tmp_path):
     assert_one_line_error(code, err, "do not fit torchvision squeezenet1_0", "shape mismatch")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_gpu(capsys, tmp_path, face):
+    code, _, err = run(capsys, "explain", str(face), *FAST, "--device", "cuda", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "no CUDA GPU is available")
+
+
 def test_full_pickle_refused(capsys, tmp_path):
     whole = tmp_path / "whole.pt"
     torch.save(torch.nn.Linear(2, 2), whole)
