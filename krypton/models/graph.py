@@ -17,7 +17,7 @@ from torch import fx, nn
 from krypton.models.errors import ModelError
 
 aten = torch.ops.aten
-_NOOP_CASTS = {aten.to.dtype_layout, aten.to.dtype, aten.to.device, aten._to_copy.default, aten.alias.default}
+_NOOP_CASTS = {aten.to.dtype_layout, aten.to.dtype, aten.to.device, aten.alias.default}  # all return self when no-op
 _PROBABILITY_HEADS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
 MAX_BATCH = 1 << 16
 
