@@ -1,0 +1,400 @@
+"use strict";
+// The page: pick or upload an image, set the occlusion, see estimates, run a job and watch its heat map
+// fill in (server-sent events), drag a region, brush pixels away. Plain JavaScript, no build step.
+
+const $ = (id) => document.getElementById(id);
+const STAGE = 448;
+const SMALL = 260;
+const params = new URLSearchParams(location.search);
+const state = { demos: [], picture: null, img: null, scale: 1, region: null, mask: null, job: null, source: null,
+                estimateSeq: 0, first: true, results: {}, log: [] };
+window.krypton = state;  // for tests and curious users
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = { detail: text }; }
+  if (!response.ok) throw new Error((body && body.detail) || `${response.status} ${response.statusText}`);
+  return body;
+}
+const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify(body) });
+const showError = (error) => { $("error").textContent = error ? String(error.message || error) : ""; };
+const mode = () => document.querySelector("input[name=mode]:checked").value;
+const tool = () => document.querySelector("input[name=tool]:checked").value;
+const seconds = (s) => (s == null ? "–" : s < 1 ? `${(s * 1000).toFixed(0)} ms` : `${s.toFixed(1)} s`);
+const hex = (rgb) => "#" + rgb.map((v) => v.toString(16).padStart(2, "0")).join("");
+const rgb = () => [1, 3, 5].map((i) => parseInt($("fill").value.slice(i, i + 2), 16));
+
+function bars(list, items, reference) {
+  list.replaceChildren(...items.map((c) => {
+    const li = document.createElement("li");
+    const [label, bar, fill, p] = ["span", "span", "i", "span"].map((tag) => document.createElement(tag));
+    label.className = "label";
+    label.textContent = c.label;
+    bar.className = "bar";
+    fill.style.width = `${(100 * c.probability).toFixed(1)}%`;
+    bar.append(fill);
+    p.className = "p";
+    p.textContent = c.probability.toFixed(3) + (reference ? ` (was ${reference[c.index].toFixed(3)})` : "");
+    li.append(label, bar, p);
+    return li;
+  }));
+}
+
+// --- choosing an image -------------------------------------------------------------------------------------
+async function init() {
+  const data = await api("/api/demos");
+  state.demos = data.demos;
+  $("demo").replaceChildren(...data.demos.map((d) => new Option(d.name + (d.available ? "" : " (not installed)"),
+                                                                d.name, false, false)));
+  [...$("demo").options].forEach((o, i) => { o.disabled = !data.demos[i].available; o.title = data.demos[i].title; });
+  const wanted = data.demos.find((d) => d.name === params.get("demo") && d.available)
+    || data.demos.find((d) => d.available);
+  if (!wanted) { $("status").textContent = "No demo model is installed."; return; }
+  $("demo").value = wanted.name;
+  if (params.has("tau")) $("tau").value = params.get("tau");
+  const asked = document.querySelector(`input[name=mode][value="${CSS.escape(params.get("mode") || "")}"]`);
+  if (asked) asked.checked = true;
+  syncMode();
+  await chooseDemo(params.has("image") ? Number(params.get("image")) : null);
+}
+
+async function chooseDemo(index) {
+  const demo = state.demos.find((d) => d.name === $("demo").value);
+  $("image").replaceChildren(...demo.images.map((im) => new Option(im.name + (im.label ? ` [${im.label}]` : ""), im.index)));
+  $("image").value = String(index != null && index < demo.images.length ? index : demo.default_image);
+  $("model-info").textContent = demo.title;
+  $("patch").value = state.first && params.has("patch") ? params.get("patch") : demo.patch;
+  $("stride").value = state.first && params.has("stride") ? params.get("stride") : demo.stride;
+  await loadPicture(() => post("/api/images/demo", { demo: demo.name, index: Number($("image").value) }));
+}
+
+async function upload(file) {
+  const headers = { "Content-Type": file.type || "application/octet-stream" };
+  await loadPicture(() => api(`/api/images/upload?demo=${encodeURIComponent($("demo").value)}`,
+                              { method: "POST", headers, body: file }));
+}
+
+async function loadPicture(request) {
+  showError(null);
+  $("status").textContent = "Loading the model and image…";
+  $("run").disabled = true;
+  let picture;
+  try { picture = await request(); } catch (error) { showError(error); $("status").textContent = ""; return; }
+  state.picture = picture;
+  state.first = false;
+  state.region = null;
+  state.mask = new Uint8Array(picture.width * picture.height);
+  state.results = {};
+  $("fill").value = hex(picture.default_fill);
+  $("model-info").textContent = `${picture.model}; input ${picture.preprocess}`;
+  bars($("prediction"), picture.top);
+  const order = picture.probabilities.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
+  $("target").replaceChildren(new Option(`top class (${picture.top[0].label})`, ""),
+    ...order.map(([p, i]) => new Option(`${picture.classes[i]} — ${p.toFixed(3)}`, i)));
+  const img = new Image();
+  img.src = `/api/images/${picture.id}/image.png`;
+  await img.decode();
+  state.img = img;
+  state.scale = STAGE / Math.max(picture.width, picture.height);
+  for (const id of ["image-canvas", "heat", "draw"]) Draw.size($(id), picture.width, picture.height, state.scale);
+  const small = SMALL / Math.max(picture.width, picture.height);
+  for (const id of ["cmp-image-a", "cmp-heat-a", "cmp-image-b", "cmp-heat-b"]) Draw.size($(id), picture.width, picture.height, small);
+  Draw.image($("image-canvas"), img);
+  Draw.image($("cmp-image-a"), img);
+  Draw.image($("cmp-image-b"), img);
+  for (const id of ["heat", "cmp-heat-a", "cmp-heat-b"]) Draw.clear($(id));
+  $("brush-result").hidden = true;
+  $("compare-panel").hidden = true;
+  $("downloads").hidden = true;
+  for (const td of document.querySelectorAll("#estimates .act, #estimates .spd")) td.textContent = "–";
+  redrawOverlay();
+  $("run").disabled = false;
+  $("status").textContent = "Ready: set the occlusion and press Explain.";
+  document.body.dataset.image = picture.id;
+  estimate();
+}
+
+// --- settings and estimates --------------------------------------------------------------------------------
+function settings() {
+  const m = mode();
+  const body = { image_id: state.picture.id, patch: Number($("patch").value), stride: Number($("stride").value),
+                 region: state.region };
+  if (m === "approximate") {
+    body.tau = Number($("tau").value);
+    if ($("drill").checked) body.drilldown = { fraction: Number($("fraction").value), speedup: Number($("speedup").value) };
+  }
+  return body;
+}
+
+let estimateTimer = null;
+function estimate() {
+  clearTimeout(estimateTimer);
+  estimateTimer = setTimeout(runEstimate, 250);
+}
+
+async function runEstimate() {
+  if (!state.picture) return;
+  const seq = ++state.estimateSeq;
+  const body = settings();
+  if (body.tau == null) body.tau = Number($("tau").value);
+  for (const td of document.querySelectorAll("#estimates .est")) td.textContent = "estimating…";
+  try {
+    const result = await post("/api/estimate", body);
+    if (seq !== state.estimateSeq) return;
+    showError(null);
+    for (const row of document.querySelectorAll("#estimates tbody tr")) {
+      const m = result.modes[row.dataset.mode];
+      const cell = row.querySelector(".est");
+      cell.textContent = `${seconds(m.seconds)} · ${m.positions} pos.`;
+      cell.title = `${(m.macs / 1e9).toFixed(3)} GMACs` + (m.theoretical_speedup ? `, ${m.theoretical_speedup.toFixed(2)}x fewer than naive` : "")
+        + (m.runs ? `; corrected by ${m.runs} finished run(s) (x${m.correction})` : "");
+    }
+    const speed = result.gmacs_per_s ? `, ${result.gmacs_per_s} GMAC/s` : "";
+    $("calibration").textContent = `(1 forward pass ${seconds(result.forward_ms / 1000)}${speed})`;
+    if (result.note) $("status").textContent = result.note;
+    document.body.dataset.estimated = String(seq);
+  } catch (error) {
+    if (seq !== state.estimateSeq) return;
+    for (const td of document.querySelectorAll("#estimates .est")) td.textContent = "–";
+    showError(error);
+  }
+}
+
+function syncMode() {
+  const approx = mode() === "approximate";
+  $("approx-settings").classList.toggle("off", !approx);
+  for (const el of $("approx-settings").querySelectorAll("input")) el.disabled = !approx;
+  $("drill-settings").classList.toggle("off", !approx || !$("drill").checked);
+  $("tau-value").textContent = Number($("tau").value).toFixed(2);
+  $("run").textContent = state.region ? "Explain region" : "Explain";
+}
+
+// --- running a job -----------------------------------------------------------------------------------------
+async function run() {
+  showError(null);
+  const m = mode();
+  const body = { ...settings(), mode: m, fill: rgb(), target: $("target").value === "" ? null : Number($("target").value) };
+  if (m === "approximate" && $("compare").checked) body.compare = true;
+  let snap;
+  try { snap = await post("/api/jobs", body); } catch (error) { showError(error); return; }
+  const item = document.createElement("li");
+  item.id = `job-${snap.id}`;
+  item.dataset.id = snap.id;
+  const pictureId = state.picture.id;
+  item.addEventListener("click", () => {
+    if (!state.picture || state.picture.id !== pictureId) { showError("That job explained another image."); return; }
+    api(`/api/jobs/${snap.id}`).then(show).catch(showError);
+  });
+  $("jobs").prepend(item);
+  follow(snap);
+}
+
+function follow(snap) {
+  if (state.source) state.source.close();
+  state.job = { id: snap.id, patch: snap.info.patch, stride: snap.info.stride, p: snap.info.probability };
+  show(snap);
+  const source = new EventSource(`/api/jobs/${snap.id}/events`);
+  state.source = source;
+  const handle = (event) => { const s = JSON.parse(event.data); state.log.push([s.state, s.phase, Date.now()]); show(s); };
+  source.addEventListener("update", handle);
+  source.addEventListener("end", (event) => { source.close(); handle(event); });
+}
+
+function show(snap) {
+  const info = snap.info;
+  const job = { patch: info.patch, stride: info.stride, p: info.probability };
+  const maps = Object.values(snap.maps);
+  const range = Draw.limit(maps, job.p);
+  $("legend-range").textContent = `±${range.toFixed(3)} in P(${info.target_label})`;
+  const main = snap.maps[snap.phase];
+  if (main) Draw.heat($("heat"), main, job.p, state.scale, job.patch, job.stride, range);
+  const compare = info.phases.length > 1;
+  $("compare-panel").hidden = !compare;
+  if (compare) {
+    const small = SMALL / Math.max(state.picture.width, state.picture.height);
+    for (const [phase, suffix] of [["approximate", "a"], ["exact", "b"]]) {
+      if (snap.maps[phase]) Draw.heat($(`cmp-heat-${suffix}`), snap.maps[phase], job.p, small, job.patch, job.stride, range);
+      else Draw.clear($(`cmp-heat-${suffix}`));
+    }
+  }
+  const running = snap.state === "running" || snap.state === "queued";
+  $("cancel").disabled = !running;
+  document.body.dataset.jobState = snap.state;
+  document.body.dataset.jobId = snap.id;
+  const item = $(`job-${snap.id}`);
+  if (item) item.textContent = `${info.mode}${compare ? " + exact" : ""}, patch ${info.patch}, stride ${info.stride}: ${snap.state}`;
+  if (snap.state === "queued") {
+    $("status").textContent = `Queued: ${snap.ahead} job(s) ahead of this one.`;
+    $("progress").value = 0;
+  } else if (snap.state === "running" && main) {
+    $("progress").value = main.total ? main.done / main.total : 0;
+    const eta = main.eta_s == null ? "" : ` · about ${seconds(main.eta_s)} left`;
+    $("status").textContent = `Running ${snap.phase}: ${main.done}/${main.total} positions · ${seconds(main.elapsed_s)}${eta}`;
+  } else if (snap.state === "done") {
+    finished(snap);
+  } else {
+    $("progress").value = 0;
+    $("status").textContent = snap.state === "cancelled" ? "Cancelled." : "Failed.";
+    if (snap.state === "error") showError(snap.message);
+  }
+}
+
+function finished(snap) {
+  const result = snap.result;
+  $("progress").value = 1;
+  const parts = [];
+  for (const [phase, r] of Object.entries(result.phases)) {
+    const row = document.querySelector(`#estimates tr[data-mode=${phase}]`);
+    row.querySelector(".act").textContent = seconds(r.wall_time_s) + (r.mode !== phase ? ` (ran ${r.mode})` : "");
+    row.querySelector(".spd").textContent = r.speedup_vs_naive == null ? "–"
+      : `${r.speedup_vs_naive.toFixed(2)}x (${r.naive_basis} naive)`;
+    row.querySelector(".spd").title = `theoretical (MACs): ${(r.stats.theoretical_speedup || 1).toFixed(2)}x`;
+    parts.push(`${phase} ${seconds(r.wall_time_s)}`);
+  }
+  let text = `Done: ${parts.join(", ")} for ${result.target_label}.`;
+  if (result.ssim != null) {
+    $("ssim").textContent = `SSIM ${result.ssim.toFixed(3)} · approximate ${result.approximate_speedup_vs_exact.toFixed(2)}x faster`;
+    text += ` SSIM ${result.ssim.toFixed(3)}.`;
+  }
+  $("status").textContent = text;
+  const first = Object.keys(result.phases)[0];
+  for (const ext of ["png", "json", "npz"]) $(`dl-${ext}`).href = `/api/jobs/${snap.id}/result.${ext}?phase=${first}`;
+  $("downloads").hidden = false;
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { show(await post(`/api/jobs/${state.job.id}/cancel`, {})); } catch (error) { showError(error); }
+}
+
+// --- mouse: region and brush -------------------------------------------------------------------------------
+function point(event) {
+  const canvas = $("draw");
+  const box = canvas.getBoundingClientRect();
+  const x = ((event.clientX - box.left) * canvas.width) / box.width / state.scale;
+  const y = ((event.clientY - box.top) * canvas.height) / box.height / state.scale;
+  return { x: Math.max(0, Math.min(state.picture.width, x)), y: Math.max(0, Math.min(state.picture.height, y)) };
+}
+
+let drag = null;
+let predictTimer = null;
+function redrawOverlay(extra) {
+  const canvas = $("draw");
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (state.mask && state.mask.some((v) => v)) {
+    const { width, height } = state.picture;
+    const layer = new ImageData(width, height);
+    const [r, g, b] = rgb();
+    for (let i = 0; i < state.mask.length; i++) if (state.mask[i]) layer.data.set([r, g, b, 235], 4 * i);
+    const off = document.createElement("canvas");
+    off.width = width;
+    off.height = height;
+    off.getContext("2d").putImageData(layer, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+  }
+  const r = extra || state.region;
+  if (r) Draw.rect(ctx, r, state.scale);
+}
+
+function paint(p) {
+  const radius = Number($("brush-size").value) / 2;
+  const { width, height } = state.picture;
+  for (let y = Math.max(0, Math.floor(p.y - radius)); y < Math.min(height, Math.ceil(p.y + radius)); y++) {
+    for (let x = Math.max(0, Math.floor(p.x - radius)); x < Math.min(width, Math.ceil(p.x + radius)); x++) {
+      if ((x + 0.5 - p.x) ** 2 + (y + 0.5 - p.y) ** 2 <= radius * radius) state.mask[y * width + x] = 1;
+    }
+  }
+  redrawOverlay();
+  if (!predictTimer) predictTimer = setTimeout(predictBrush, 150);
+}
+
+async function predictBrush() {
+  predictTimer = null;
+  if (!state.picture) return;
+  const id = state.picture.id;
+  try {
+    const result = await post(`/api/images/${id}/predict`, { mask: Draw.packMask(state.mask), fill: rgb() });
+    if (!state.picture || state.picture.id !== id) return;
+    bars($("brush-prediction"), result.top, state.picture.probabilities);
+    $("brush-result").hidden = result.occluded_pixels === 0;
+    document.body.dataset.brushPixels = String(result.occluded_pixels);
+  } catch (error) { showError(error); }
+}
+
+function pointerDown(event) {
+  if (!state.picture) return;
+  $("draw").setPointerCapture(event.pointerId);
+  const p = point(event);
+  drag = { start: p };
+  if (tool() === "brush") paint(p);
+}
+
+function pointerMove(event) {
+  if (!drag) return;
+  const p = point(event);
+  if (tool() === "brush") { paint(p); return; }
+  const s = drag.start;
+  drag.rect = { x: Math.min(s.x, p.x), y: Math.min(s.y, p.y), width: Math.abs(p.x - s.x), height: Math.abs(p.y - s.y) };
+  redrawOverlay(drag.rect);
+}
+
+function pointerUp(event) {
+  if (!drag) return;
+  const rect = drag.rect;
+  drag = null;
+  if (tool() === "brush") { predictBrush(); return; }
+  if (rect && rect.width >= 2 && rect.height >= 2) {
+    const x = Math.floor(rect.x), y = Math.floor(rect.y);
+    state.region = { x, y, width: Math.min(state.picture.width - x, Math.ceil(rect.width)),
+                     height: Math.min(state.picture.height - y, Math.ceil(rect.height)) };
+  }
+  redrawOverlay();
+  syncMode();
+  estimate();
+}
+
+// --- wiring ------------------------------------------------------------------------------------------------
+function wire() {
+  $("demo").addEventListener("change", () => chooseDemo(null));
+  $("image").addEventListener("change", () => loadPicture(() => post("/api/images/demo",
+    { demo: $("demo").value, index: Number($("image").value) })));
+  $("upload").addEventListener("change", (e) => { if (e.target.files[0]) upload(e.target.files[0]); e.target.value = ""; });
+  for (const id of ["patch", "stride", "tau", "fraction", "speedup", "drill"]) $(id).addEventListener("input", () => { syncMode(); estimate(); });
+  for (const el of document.querySelectorAll("input[name=mode]")) el.addEventListener("change", () => { syncMode(); estimate(); });
+  $("fill").addEventListener("input", () => { redrawOverlay(); if (state.mask && state.mask.some((v) => v)) predictBrush(); });
+  $("run").addEventListener("click", run);
+  $("cancel").addEventListener("click", cancel);
+  $("opacity").addEventListener("input", () => {
+    for (const id of ["heat", "cmp-heat-a", "cmp-heat-b"]) $(id).style.opacity = $("opacity").value;
+  });
+  $("clear-region").addEventListener("click", () => { state.region = null; redrawOverlay(); syncMode(); estimate(); });
+  $("clear-brush").addEventListener("click", () => {
+    if (state.mask) state.mask.fill(0);
+    $("brush-result").hidden = true;
+    redrawOverlay();
+  });
+  const draw = $("draw");
+  draw.addEventListener("pointerdown", pointerDown);
+  draw.addEventListener("pointermove", pointerMove);
+  draw.addEventListener("pointerup", pointerUp);
+  draw.addEventListener("pointercancel", pointerUp);
+  $("opacity").dispatchEvent(new Event("input"));
+  syncMode();
+}
+
+async function pollQueue() {
+  try {
+    const q = await api("/api/queue");
+    $("queue").textContent = `server queue: ${q.running} running, ${q.waiting} waiting (at most ${q.workers} at once)`;
+  } catch { $("queue").textContent = "server unreachable"; }
+}
+
+wire();
+pollQueue();
+setInterval(pollQueue, 4000);
+init().catch((error) => { showError(error); $("status").textContent = ""; });

@@ -1,0 +1,173 @@
+"""End to end in real headless Chromium: the web demo's page as a user drives it.
+
+Debian's `chromium` (installed by `make test`: `apt-get install -y chromium`) is driven by Playwright for
+Python through `executable_path`, so nothing is downloaded. Never skipped: a missing browser is a
+failure that says how to install it. The test starts `python -m krypton.web` on 127.0.0.1 and a free
+port, explains the bundled face demo (a real 10-MMAC Keras model on a real photo), drags a region,
+brushes pixels away, and reads the heat-map canvas back to check what was drawn and where.
+Set KRYPTON_SCREENSHOT=path.png to also save a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = "['done', 'error', 'cancelled'].includes(document.body.dataset.jobState)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "krypton.web", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/queue", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the web demo did not start:\n{log.read().decode(errors='replace')}")
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()  # uvicorn shuts down, then re-raises SIGTERM: returncode -15 is normal
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's browser with `apt-get install -y chromium` "
+            "(make test does) or set CHROMIUM=/path/to/chromium"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def _run(page) -> None:
+    """Press Explain and wait for that new job to finish."""
+    before = page.evaluate("document.body.dataset.jobId || ''")
+    page.click("#run")
+    page.wait_for_function(
+        f"(before) => document.body.dataset.jobId !== undefined && "
+        f"document.body.dataset.jobId !== before && {FINISHED}",
+        arg=before,
+        timeout=120_000,
+    )
+    assert page.evaluate("document.body.dataset.jobState") == "done", page.inner_text("#error")
+
+
+HEAT_PIXELS = """([x0, y0, x1, y1]) => {
+  const c = document.getElementById('heat');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let inside = 0, outside = 0, red = 0;
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    const k = 4 * (y * c.width + x);
+    if (d[k + 3] === 0) continue;
+    if (x >= x0 && x < x1 && y >= y0 && y < y1) inside++; else outside++;
+    if (d[k] > d[k + 2]) red++;
+  }
+  return {inside, outside, red, total: c.width * c.height};
+}"""
+
+
+def test_explain_region_and_brush_in_chromium(server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 940})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(server + "/?demo=faces&patch=16&stride=8&mode=exact")
+    page.wait_for_function("() => document.body.dataset.image", timeout=90_000)
+    assert "happy" in page.inner_text("#prediction")  # the astronaut smiles
+    page.wait_for_function("() => document.body.dataset.estimated", timeout=90_000)
+    for mode in ("naive", "exact", "approximate"):
+        assert "pos." in page.inner_text(f"#estimates tr[data-mode={mode}] .est")
+
+    _run(page)  # the whole image, exact mode
+    width = page.evaluate("document.getElementById('heat').width")
+    whole = page.evaluate(HEAT_PIXELS, [0, 0, width, width])
+    assert whole["inside"] > 0.5 * whole["total"] and whole["red"] > 0
+    assert "x" in page.inner_text("#estimates tr[data-mode=exact] .spd")
+    assert page.inner_text("#estimates tr[data-mode=exact] .act") != "–"
+    assert page.evaluate("window.krypton.log.length") >= 1  # server-sent events reached the page
+
+    box = page.locator("#draw").bounding_box()  # drag a region over the upper left of the face
+    page.mouse.move(box["x"] + 0.15 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.65 * box["height"], steps=12)
+    page.mouse.up()
+    region = page.evaluate("window.krypton.region")
+    assert region["width"] >= 20 and region["height"] >= 20 and page.inner_text("#run") == "Explain region"
+    _run(page)
+    scale = page.evaluate("window.krypton.scale")
+    margin = 8 / 2 * scale + 2  # cells are drawn stride-wide around patch centres inside the region
+    rect = [
+        (region["x"]) * scale - margin,
+        region["y"] * scale - margin,
+        (region["x"] + region["width"]) * scale + margin,
+        (region["y"] + region["height"]) * scale + margin,
+    ]
+    part = page.evaluate(HEAT_PIXELS, rect)
+    assert part["inside"] > 0 and part["outside"] == 0, part
+    assert page.inner_text("#jobs").count("done") == 2
+
+    page.check("input[name=tool][value=brush]")  # paint over the mouth: the smile goes away
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.72 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.72 * box["height"], steps=12)
+    page.mouse.up()
+    page.wait_for_function("() => Number(document.body.dataset.brushPixels) > 0", timeout=30_000)
+    assert len(page.locator("#brush-prediction li").all()) == 5 and "was" in page.inner_text("#brush-prediction")
+
+    page.fill("#opacity", "0.3")
+    page.dispatch_event("#opacity", "input")
+    assert page.evaluate("getComputedStyle(document.getElementById('heat')).opacity") == "0.3"
+    if os.environ.get("KRYPTON_SCREENSHOT"):
+        page.screenshot(path=os.environ["KRYPTON_SCREENSHOT"], full_page=True)
+    assert not errors, errors
+    page.close()
