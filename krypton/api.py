@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from krypton.modes.quality import ssim
 MODES = ("naive", "exact", "approximate")
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
 _GRAPHS: dict[tuple, Graph] = {}
+_CAPTURE_LOCK = threading.RLock()
 
 
 def _fingerprint(model: nn.Module, image: torch.Tensor) -> tuple:
@@ -37,11 +39,12 @@ def _fingerprint(model: nn.Module, image: torch.Tensor) -> tuple:
 def captured(model: nn.Module, image: torch.Tensor) -> Graph:
     """The model's graph at this image shape (cached while the weights are unchanged)."""
     key = _fingerprint(model, image)
-    if key not in _GRAPHS:
-        if len(_GRAPHS) > 8:
-            _GRAPHS.clear()
-        _GRAPHS[key] = capture(model, image)
-    return _GRAPHS[key]
+    with _CAPTURE_LOCK:  # torch.export is not thread-safe (web app, several jobs)
+        if key not in _GRAPHS:
+            if len(_GRAPHS) > 8:
+                _GRAPHS.clear()
+            _GRAPHS[key] = capture(model, image)
+        return _GRAPHS[key]
 
 
 def _clean_output(model: Callable, image: torch.Tensor) -> torch.Tensor:
@@ -213,9 +216,8 @@ class _Job:
                     warnings.warn(f"krypton: {exc}; using naive mode", RuntimeWarning, stacklevel=4)
                     if bar is not None:
                         bar.reset()
-            outputs = run_naive(self.model, occ, self.batch_size, update)
-            if report is not None:
-                report(np.arange(occ.count), outputs)
+            order = _progressive_order(occ) if report is not None else None
+            outputs = run_naive(self.model, occ, self.batch_size, update, order, report)
             return outputs, {"mode": "naive", "requested_mode": self.mode, "batch_size": self.batch_size or 16}
         finally:
             if bar is not None:
@@ -275,6 +277,14 @@ class _Job:
             heat = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
             elapsed = time.perf_counter() - self.started
             self.on_update(Update(heat, torch.from_numpy(known.copy()), done, total, elapsed))
+
+
+def _progressive_order(occ: Occlusions) -> np.ndarray | None:
+    """Positions ordered coarse levels first (None when the occlusions are not a full grid)."""
+    ys, xs = np.unique(occ.lo[:, 1]), np.unique(occ.lo[:, 2])
+    if len(ys) * len(xs) != occ.count:
+        return None
+    return np.argsort(levels((len(ys), len(xs))), kind="stable")
 
 
 def _progressive_groups(plan: Plan, occ: Occlusions, batch_size: int) -> list[np.ndarray]:
@@ -351,7 +361,7 @@ def analyze(
         raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
     _validate.patch_fits(patch, shape[2:])
     image = torch.zeros(shape)
-    graph = capture(model, image)
+    graph = captured(model, image)
     occlusions, _ = grid_occlusions(image, patch, stride, torch.zeros(shape[1], *patch))
     plan = plan_for(graph, occlusions, threshold(tau))
     batch_size = _validate.positive_int("batch_size", batch_size) or auto_batch(plan)

@@ -179,3 +179,11 @@ def test_tune_rejects_bad_arguments():
         krypton.tune(model, [image], target_ssim=1.5, patch=8, stride=8)
     with pytest.raises(ValueError, match="sample_images"):
         krypton.tune(model, [], patch=8, stride=8)
+
+
+def test_naive_mode_streams_updates_too():
+    model, image = model_and_image()
+    updates: list[krypton.Update] = []
+    result = krypton.explain(model, image, patch=8, stride=2, mode="naive", on_update=updates.append, batch_size=8)
+    assert len(updates) >= 3 and updates[0].done < updates[0].total and updates[-1].final
+    torch.testing.assert_close(updates[-1].heatmap, result.heatmap, rtol=1e-5, atol=1e-6)

@@ -20,14 +20,27 @@ def run_naive(
     occlusions: Occlusions,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    order: np.ndarray | None = None,
+    on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """(P, K) outputs of `model` on every occluded copy."""
+    """(P, K) outputs of `model` on every occluded copy.
+
+    `order` (a permutation of the positions) sets the visiting order; `on_batch(done_index, outputs)`
+    sees the outputs computed so far after each batch (for progressive maps).
+    """
     batch_size = batch_size or DEFAULT_BATCH
+    order = np.arange(occlusions.count) if order is None else np.asarray(order)
     cache = PaddedCache()
-    outputs = []
+    outputs: torch.Tensor | None = None
     for first in range(0, occlusions.count, batch_size):
-        index = np.arange(first, min(first + batch_size, occlusions.count))
-        outputs.append(model(occlusions.materialize(index, cache)))
+        index = order[first : first + batch_size]
+        out = model(occlusions.materialize(index, cache))
+        if outputs is None:
+            outputs = out.new_empty((occlusions.count,) + tuple(out.shape[1:]))
+        outputs[torch.from_numpy(index).to(out.device)] = out
         if progress:
             progress(len(index))
-    return torch.cat(outputs)
+        if on_batch:
+            on_batch(index, outputs)
+    assert outputs is not None
+    return outputs
