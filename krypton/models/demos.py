@@ -148,11 +148,11 @@ DEMOS: dict[str, Demo] = {
     ),
     "mri": Demo(
         "mri", "brain MRI glioma/meningioma/notumor/pituitary, VGG16 (ONNX), matplotlib's head MRI slice",
-        MRI_REQ, 32, 16, _mri_model, _mri_images,
+        MRI_REQ, 32, 8, _mri_model, _mri_images,
     ),
     "imagenet": Demo(
         "imagenet", "ImageNet 1000 classes, EfficientNet-Lite0 (PyTorch), scikit-image photos",
-        LITE_REQ, 32, 16, _imagenet_model, _imagenet_images,
+        LITE_REQ, 32, 8, _imagenet_model, _imagenet_images,
     ),
 }  # fmt: skip
 
