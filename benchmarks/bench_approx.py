@@ -15,10 +15,11 @@ import platform
 
 import torch
 import torchvision
-from _common import measure, sample_positions
 
 import krypton
 from krypton.modes.naive import run_naive
+
+from _common import measure, sample_positions
 
 TAUS = [dict(tau=t) for t in (1.0, 0.9, 0.7, 0.5)]
 PAPER_DRILL = {"fraction": 0.1, "speedup": 5}  # the paper's combined settings (Sec. 4.1): r 0.1, target 5

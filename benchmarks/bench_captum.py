@@ -26,13 +26,13 @@ from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import torchvision_model  # noqa: E402
-
 from krypton.api import captured  # noqa: E402
 from krypton.captum import Occlusion  # noqa: E402
 from krypton.modes.exact import run_exact  # noqa: E402
 from krypton.modes.naive import run_naive  # noqa: E402
 from krypton.modes.occlusions import Occlusions  # noqa: E402
+
+from _common import torchvision_model  # noqa: E402
 
 WINDOW, STRIDE = (3, 16, 16), (3, 4, 4)
 

@@ -14,12 +14,13 @@ import argparse
 import platform
 
 import torch
-from _common import measure, sample_positions, torchvision_model
 
 from krypton.api import _analysis, captured
 from krypton.modes.exact import auto_batch, plan_for, run_exact
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions
+
+from _common import measure, sample_positions, torchvision_model
 
 PAPER_CPU = {"vgg16": 5.4, "resnet18": 2.1, "inception_v3": 1.5}
 

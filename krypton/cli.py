@@ -163,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the bundled demo models and images",
         description="List the bundled demos, their packages and images.",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="interactive web demo in the browser",
+        description="Serve the interactive web demo (explain, drag a region, brush pixels away, compare modes). "
+        "Listens on 127.0.0.1 only unless --host says otherwise.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=_positive, default=8000, help="port (default: 8000)")
+    serve.add_argument("--workers", type=_positive, default=1, metavar="N", help="explanations at once (default: 1)")
     return parser
 
 
@@ -194,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     warnings.showwarning = _one_line_warning
     try:
+        if args.command == "serve":
+            from krypton.web import serve
+
+            serve(args.host, args.port, workers=args.workers)
+            return 0
         if args.command == "demos":
             return list_demos()
         return run_explain(args) if args.command == "explain" else run_analyze(args)

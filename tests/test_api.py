@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from graphs import IMAGE_MODELS, IMAGE_SHAPE
 from torch import nn
 
 import krypton
 from krypton.rules import window as window_rules
+
+from graphs import IMAGE_MODELS, IMAGE_SHAPE
 
 
 def small_cnn() -> nn.Module:
@@ -145,3 +146,20 @@ def test_model_without_class_scores_is_rejected():
     model = nn.Sequential(nn.Conv2d(3, 2, 3)).eval()
     with pytest.raises(ValueError, match=r"\(B, K\)"):
         krypton.explain(model, torch.randn(3, 16, 16), patch=4)
+
+
+def test_ops_without_tensor_outputs_are_ignored():
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x):
+            torch.ops.aten._assert_tensor_metadata.default(x, dtype=torch.float32)
+            return self.net(x)
+
+    model, image = Checked().eval(), torch.randn(3, 16, 16)
+    result = krypton.explain(model, image, patch=4, stride=4)
+    naive = krypton.explain(model, image, patch=4, stride=4, mode="naive")
+    assert result.mode == "exact"
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)

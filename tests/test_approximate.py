@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import condition
 from torch import nn
 
 import krypton
+
+from helpers import condition
 
 
 def model_and_image(size: int = 48):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from graphs import IMAGE_MODELS, IMAGE_SHAPE, Conv1d, Conv3d, DirectOps, SamePadPool
-from helpers import assert_exact
 
 from krypton.capture import capture
 from krypton.modes.exact import plan_for, run_exact
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions
 from krypton.rules import FULL, RULES
+
+from graphs import IMAGE_MODELS, IMAGE_SHAPE, Conv1d, Conv3d, DirectOps, SamePadPool
+from helpers import assert_exact
 
 
 @pytest.mark.parametrize("model_cls", IMAGE_MODELS + [DirectOps, SamePadPool], ids=lambda c: c.__name__)

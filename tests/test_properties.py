@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from helpers import assert_exact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+
+from helpers import assert_exact
 
 
 @st.composite

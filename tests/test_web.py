@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import condition
 from PIL import Image
 from torch import nn
 
@@ -32,6 +31,8 @@ from krypton.models.spec import LoadedModel
 from krypton.web import serve
 from krypton.web.app import create_app
 from krypton.web.catalog import fill_values
+
+from helpers import condition
 
 SIZE = 32
 CLASSES = ["cat", "dog", "owl", "fox"]

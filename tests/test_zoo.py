@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+
 from helpers import assert_exact, condition
 
 ZOO = {

@@ -106,6 +106,8 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
         site = Site(call, graph.shapes, graph.static_value)
         rule = choose_rule(call)
         boxes_in = _boxes_for_args(call, env)
+        if graph.shapes[call.node] is None:
+            continue  # returns no tensor (e.g. aten._assert_tensor_metadata): nothing to track
         if not any(v is not None and (not isinstance(v, list) or any(v)) for v in boxes_in.values()):
             untouched += rule.macs_per_element(site) * int(np.prod(_primary_body(graph.shapes[call.node])))
             continue  # depends on parameters only: computed once, in the clean pass
