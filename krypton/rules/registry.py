@@ -92,6 +92,8 @@ class Rule:
     def compute(self, site: Site, frame: Frame, window: Window) -> Any:
         """Run the op on whole, batched inputs; `window` is the whole tensor here."""
         args = {name: _whole_batch(frame, value) for name, value in site.args.items()}
+        if site.call.target in VIEWS:  # our windows may be strided differently from the original tensors
+            args["self"] = args["self"].contiguous()
         for name in SIZE_ARGS & args.keys():  # shapes captured at batch 1, e.g. view(x, [1, 512])
             size = args[name]
             if isinstance(size, (list, tuple)) and size and size[0] == 1:
@@ -145,6 +147,7 @@ def _full_like(site: Site, where: Any) -> Any:
 
 # Arguments holding a full output shape whose leading 1 is the batch axis.
 SIZE_ARGS = {"size", "shape"}
+VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
 
 FULL = Rule()
 RULES: dict[Any, Rule] = {}
