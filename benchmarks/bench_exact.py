@@ -2,8 +2,8 @@
 
 VGG16, ResNet18 and Inception3 (torchvision, random weights), patch 16, stride 4, fill 0, on the same
 fixed random sample of grid positions, in one process. Naive runs at its fastest batch size (chosen
-from a short trial); exact at the engine's default; each mode runs `--repeat` times, the fastest counts. Prints time ratio, theoretical (MAC) ratio and the
-peak resident-memory growth of each run.
+from a short trial); exact at the engine's default; each mode runs `--repeat` times and the fastest
+counts. Prints time ratio, theoretical (MAC) ratio and the peak resident-memory growth of each run.
 
     .venv/bin/python benchmarks/bench_exact.py [--positions 256] [--models vgg16 resnet18 inception_v3]
 """

@@ -273,6 +273,22 @@ def test_stale_cluster_file_fails_fast(monkeypatch, tmp_path):
     assert time.monotonic() - started < 10
 
 
+def test_images_shipped_as_bytes_read_like_files(tmp_path):
+    """Workers on other machines get the file's bytes: same pixels, and errors name the original path."""
+    from krypton.io import read_image
+
+    item = expand("xray:0")[0]
+    np.testing.assert_array_equal(item.pixels(item.read_bytes()), read_image(item.path))
+    broken = expand([str(_write(tmp_path / "scan.png", b"junk"))])[0]
+    with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'scan.png'}"):
+        broken.pixels(broken.read_bytes())
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_inputs_folder_glob_and_list(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.png", "a/b/y.jpg", "a/b/x.png", "a/x.jpg", "a/.hidden.png", "a/notes.md"):

@@ -1,12 +1,14 @@
 """Ray: start a loopback-only local runtime or join a cluster, and keep a pool of model-holding actors busy.
 
-Facts this relies on (measured, see docs/shared reference on scale-out): `address="local"` never reads
-the `/tmp/ray/ray_current_cluster` file that a dead cluster leaves behind (a plain `ray.init()` can hang
-on it for minutes), so that file is only consulted for `--cluster auto`, and any address is probed with
-a short TCP connect first. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` keeps a local Ray on 127.0.0.1. Actors
-are killed by default for good; `max_restarts`/`max_task_retries` make Ray restart a killed worker and
-retry its calls, and the driver replaces a worker that died too often and gives up on an image that
-killed its worker repeatedly.
+Facts this relies on (measured on Ray 2.60): `address="local"` never reads the
+`/tmp/ray/ray_current_cluster` file that a dead cluster leaves behind (a plain `ray.init()` can hang on
+it for minutes), so that file is only consulted for `--cluster auto`; any address is probed with a short
+TCP connect first, and joining has a deadline, because `ray.init` retries an unreachable GCS forever.
+Ray also rewrites 127.0.0.1 to the machine's LAN address unless the loopback switch below is set, so
+joining a loopback-only cluster without it hangs (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` also keeps a
+local Ray on 127.0.0.1). A killed actor stays dead by default; `max_restarts`/`max_task_retries` make
+Ray restart a killed worker and retry its calls, and the driver replaces a worker that died too often
+and gives up on an image that killed its worker repeatedly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +25,9 @@ from typing import Any
 from krypton.scale.inputs import Item
 
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+JOIN_TIMEOUT = float(os.environ.get("KRYPTON_RAY_JOIN_TIMEOUT", "120"))
+CLUSTER_FILE: str | None = None  # default: where `ray start` writes it, as Ray finds it (see `cluster_file`)
 DEPTH = 2  # calls queued per worker: the next image is already there when one finishes
 MAX_RESTARTS = 3  # Ray restarts a killed worker this often; then the driver starts a fresh one
 MAX_TASK_RETRIES = 2  # Ray re-sends a killed worker's calls this often
@@ -49,8 +54,11 @@ def connect(cluster: str | None, cpus: int) -> Iterator[Any]:
     loopback-only local one (cluster None/"local", `cpus` CPUs) or the cluster at "auto"/ADDRESS, shut
     down at the end."""
     local = cluster in (None, "local")
+    address = None if local else resolve_address(str(cluster))
     if local:
-        _loopback()
+        _loopback(LOCAL_ENV)
+    elif _host_port(str(address))[0] in LOOPBACK_HOSTS:  # Ray would swap 127.0.0.1 for the LAN address
+        _loopback({k: v for k, v in LOCAL_ENV.items() if k == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"})
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -58,26 +66,56 @@ def connect(cluster: str | None, cpus: int) -> Iterator[Any]:
     if local:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     else:
-        address = resolve_address(cluster)
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        _join(ray, str(address))
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def _loopback() -> None:
+def _join(ray: Any, address: str) -> None:
+    """`ray.init(address)` with a deadline: it retries a GCS it cannot reach forever, ignoring SIGTERM."""
+    box: dict[str, BaseException] = {}
+
+    def start() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=start, name="krypton-ray-join", daemon=True)
+    thread.start()
+    thread.join(JOIN_TIMEOUT)
+    if thread.is_alive():
+        raise ClusterError(
+            f"the Ray cluster at {address} accepts connections but did not let this process join within "
+            f"{JOIN_TIMEOUT:.0f} s (a Ray version mismatch, auth token, or a head that listens on another "
+            "address?); see `ray status`"
+        )
+    if "error" in box:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {_first_line(box['error'])}") from None
+
+
+def _loopback(values: dict[str, str]) -> None:
     """Keep a local Ray on 127.0.0.1, without auth tokens or usage reports, unless the user set otherwise.
 
     The variables must be set before Ray starts its processes (they inherit them) and, for the loopback
     switch, before `ray` is imported: Ray reads it once into a constant, which is corrected here when
     something imported Ray earlier (checked against Ray 2.60; re-check when upgrading).
     """
-    for key, value in LOCAL_ENV.items():
+    for key, value in values.items():
         os.environ.setdefault(key, value)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
         constants.ENABLE_RAY_CLUSTER = False
+
+
+def cluster_file() -> str:
+    """The file in which `ray start` leaves the address of the cluster on this machine (RAY_TMPDIR/TMPDIR aware)."""
+    if CLUSTER_FILE is not None:
+        return CLUSTER_FILE
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return os.path.join(base or "/tmp", "ray", "ray_current_cluster")
 
 
 def resolve_address(cluster: str) -> str:
@@ -86,26 +124,24 @@ def resolve_address(cluster: str) -> str:
         address = os.environ.get("RAY_ADDRESS", "").strip()
         source = "RAY_ADDRESS"
         if not address:
+            source = cluster_file()
             try:
-                with open(CLUSTER_FILE) as handle:
+                with open(source) as handle:
                     address = handle.read().strip()
             except OSError:
                 raise ClusterError(
                     "--cluster auto: no Ray cluster is running on this machine (start one with "
                     "`ray start --head`, give its ADDRESS, or leave --cluster out for a local run)"
                 ) from None
-            source = CLUSTER_FILE
     else:
         address, source = cluster, "--cluster"
     host, port = _host_port(address)
     try:
         socket.create_connection((host, port), timeout=3.0).close()
     except OSError as exc:
-        stale = (
-            f"; {CLUSTER_FILE} is left over from a cluster that ended (`ray stop` removes it)"
-            if (source == CLUSTER_FILE)
-            else ""
-        )
+        stale = ""
+        if source not in ("RAY_ADDRESS", "--cluster"):
+            stale = f"; {source} is left over from a cluster that ended (`ray stop` removes it)"
         raise ClusterError(
             f"no Ray cluster answers at {address} (from {source}: {exc.strerror or exc}){stale}; "
             "leave --cluster out to run locally"

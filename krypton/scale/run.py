@@ -115,7 +115,7 @@ def explain_many(
             else:
                 gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if device == "cuda" else 0.0)
                 cpus = cpus_per_worker or 1
-                count = _on_ray(run, spec, settings, key, todo, count, cluster, cpus, gpus, verbose)
+                count = _on_ray(run, spec, settings, key, todo, count, cluster, cpus, gpus, verbose, workers)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -215,6 +215,7 @@ def _on_ray(
     cpus: float,
     gpus: float,
     verbose: bool,
+    asked: int | None,
 ) -> int:
     local_cpus = max(os.cpu_count() or 1, int(count * cpus + 0.999))
     with connect(cluster, local_cpus) as ray:
@@ -222,8 +223,8 @@ def _on_ray(
         if fits < 1:
             raise ClusterError(f"the Ray cluster has no room for a worker with {cpus} CPUs and {gpus} GPUs")
         if count > fits:
-            if cluster is not None and verbose and count < len(todo):
-                print(f"krypton batch: the cluster fits {fits} workers, not {count}", file=sys.stderr)
+            if asked is not None and verbose:
+                print(f"krypton batch: the Ray cluster fits {fits} workers, not {count}", file=sys.stderr)
             count = fits
         pool = Pool(ray, (spec, settings, key), count, cpus, gpus)
         try:
@@ -233,7 +234,8 @@ def _on_ray(
                 lines = str(getattr(exc, "cause", None) or exc).strip().splitlines()
                 raise WorkerLoadError(f"a Ray worker failed to start: {lines[-1] if lines else exc}") from None
             ship = not all_local(ray)
-            where = f"{count} Ray workers ({'cluster' if cluster not in (None, 'local') else 'local'})"
+            kind = "cluster" if cluster not in (None, "local") else "local"
+            where = f"{count} Ray worker{'s' if count != 1 else ''} ({kind})"
             _header(run, len(todo), where + (", images sent to them" if ship else ""), verbose)
             pool.run(todo, ship, run.done, run.failed)
         finally:
