@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, mode: str, workers: int, out: Path) -> dict:
     started = time.perf_counter()
     summary = explain_many(
         args.model,
-        args.inputs[: args.images],
+        args.selected,
         out_dir=out,
         weights=args.weights,
         size=args.size,
@@ -78,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     args.inputs = args.inputs or [f"{args.model}:"]
     args.size = (args.size, args.size) if args.size else None
-    ids = [item.id for item in expand(args.inputs)][: args.images]
+    args.selected = [item.token or item.path for item in expand(args.inputs)[: args.images]]
+    ids = [item.id for item in expand(args.selected)]
     load = os.getloadavg()
     print(
         f"krypton batch benchmark: {args.model}, {len(ids)} images, patch {args.patch}, stride {args.stride}; "
