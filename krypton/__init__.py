@@ -12,6 +12,7 @@ from krypton.modes.approximate import Drilldown
 from krypton.modes.progressive import Update
 from krypton.modes.quality import ssim
 from krypton.modes.tune import TuneResult, drilldown_for, tune
+from krypton.scale import explain_many
 
 __all__ = [
     "Analysis",
@@ -22,6 +23,7 @@ __all__ = [
     "analyze",
     "drilldown_for",
     "explain",
+    "explain_many",
     "ssim",
     "tune",
 ]

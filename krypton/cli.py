@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=_positive, default=8000, help="port (default: 8000)")
     serve.add_argument("--workers", type=_positive, default=1, metavar="N", help="explanations at once (default: 1)")
+    from krypton.scale.cli_batch import add_parser as add_batch_parser
+
+    add_batch_parser(commands)
     return parser
 
 
@@ -210,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demos":
             return list_demos()
+        if args.command == "batch":
+            from krypton.scale.cli_batch import run as run_batch
+
+            return run_batch(args)
         return run_explain(args) if args.command == "explain" else run_analyze(args)
     except KeyboardInterrupt:
         print("krypton: interrupted", file=sys.stderr)

@@ -13,7 +13,7 @@ from krypton.capture import Graph
 from krypton.engine.incremental import IncrementalRunner
 from krypton.engine.materialize import materialize
 from krypton.engine.plan import BoxTransform, Plan, batches, propagate
-from krypton.modes.occlusions import Occlusions
+from krypton.modes.occlusions import Collector, Occlusions
 
 MAX_BATCH = 16
 MEMORY_BUDGET = 2 << 30  # bytes for one batch's windows, unless batch_size is given
@@ -61,20 +61,13 @@ def run_exact(
     batch_size = batch_size or auto_batch(plan)
     base = materialize(graph, occlusions.image)
     runner = IncrementalRunner(plan, base, occlusions.image_delta())
-    outputs: torch.Tensor | None = None
+    collector = Collector(occlusions.count, progress, on_batch)
     macs = 0
     for index in groups if groups is not None else batches(plan, batch_size):
         out, spent = runner.run(index)
         macs += spent
-        if outputs is None:
-            outputs = out.new_empty((occlusions.count,) + tuple(out.shape[1:]))
-        outputs[torch.from_numpy(index).to(out.device)] = out
-        if progress:
-            progress(len(index))
-        if on_batch:
-            on_batch(index, outputs)
-    assert outputs is not None
-    return ExactResult(outputs, macs, batch_size)
+        collector.add(index, out)
+    return ExactResult(collector.result(), macs, batch_size)
 
 
 def self_check(

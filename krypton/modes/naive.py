@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from krypton.engine.gather import PaddedCache
-from krypton.modes.occlusions import Occlusions
+from krypton.modes.occlusions import Collector, Occlusions
 
 DEFAULT_BATCH = 16  # the fastest full-inference batch for VGG16 on a 2-core CPU (engine notes)
 
@@ -31,16 +31,8 @@ def run_naive(
     batch_size = batch_size or DEFAULT_BATCH
     order = np.arange(occlusions.count) if order is None else np.asarray(order)
     cache = PaddedCache()
-    outputs: torch.Tensor | None = None
+    collector = Collector(occlusions.count, progress, on_batch)
     for first in range(0, occlusions.count, batch_size):
         index = order[first : first + batch_size]
-        out = model(occlusions.materialize(index, cache))
-        if outputs is None:
-            outputs = out.new_empty((occlusions.count,) + tuple(out.shape[1:]))
-        outputs[torch.from_numpy(index).to(out.device)] = out
-        if progress:
-            progress(len(index))
-        if on_batch:
-            on_batch(index, outputs)
-    assert outputs is not None
-    return outputs
+        collector.add(index, model(occlusions.materialize(index, cache)))
+    return collector.result()

@@ -61,3 +61,25 @@ def grid_occlusions(
 
 
 Progress = Callable[[int], None]
+
+
+class Collector:
+    """Gathers per-batch outputs into one (P, K) tensor in position order, reporting as it goes."""
+
+    def __init__(self, count: int, progress: Progress | None = None, on_batch: Callable | None = None):
+        self.count, self.progress, self.on_batch = count, progress, on_batch
+        self.outputs: torch.Tensor | None = None
+
+    def add(self, index: np.ndarray, out: torch.Tensor) -> None:
+        if self.outputs is None:
+            self.outputs = out.new_empty((self.count,) + tuple(out.shape[1:]))
+        self.outputs[torch.from_numpy(index).to(out.device)] = out
+        if self.progress:
+            self.progress(len(index))
+        if self.on_batch:
+            self.on_batch(index, self.outputs)
+
+    def result(self) -> torch.Tensor:
+        if self.outputs is None:
+            raise ValueError("no positions to evaluate")
+        return self.outputs
