@@ -261,36 +261,10 @@ def _out_dir(text: str) -> Path:
 
 def _load(args: argparse.Namespace) -> Any:
     """The model with the user's preprocessing overrides applied."""
-    from dataclasses import replace
-
-    from krypton.io import Preprocess
-    from krypton.models import load_model
+    from krypton.models import load_model, with_overrides
 
     loaded = load_model(args.model, weights=args.weights, size=args.size)
-    pre = loaded.preprocess
-    if pre is None:
-        if args.size is None:
-            raise UsageError(f"{loaded.name}: give the input size with --size H,W")
-        pre = Preprocess(args.size)
-    if args.size:
-        pre = pre.with_size(args.size)
-    if args.mean or args.std:
-        pre = replace(pre, mean=args.mean or pre.mean, std=args.std or pre.std)
-    loaded.preprocess = pre
-    if args.labels:
-        loaded.class_names = _read_labels(args.labels)
-    return loaded
-
-
-def _read_labels(path: str) -> list[str]:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read labels {path}: {exc.strerror or exc}") from None
-    names = [line.strip() for line in lines if line.strip()]
-    if not names:
-        raise UsageError(f"labels file {path} has no class names")
-    return names
+    return with_overrides(loaded, args.size, args.mean, args.std, args.labels)
 
 
 def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:

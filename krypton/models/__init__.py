@@ -15,7 +15,17 @@ from krypton.models.demos import DEMOS, Demo, DemoImage, demo_image
 from krypton.models.errors import ModelError
 from krypton.models.spec import LoadedModel
 
-__all__ = ["DEMOS", "Demo", "DemoImage", "LoadedModel", "ModelError", "demo_image", "load_model", "model_kind"]
+__all__ = [
+    "DEMOS",
+    "Demo",
+    "DemoImage",
+    "LoadedModel",
+    "ModelError",
+    "demo_image",
+    "load_model",
+    "model_kind",
+    "with_overrides",
+]
 
 STATE_DICT_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
@@ -93,3 +103,37 @@ def _load_file(path: Path, weights: str | Path | None, size: tuple[int, int] | N
     raise ModelError(
         f"unknown model file type {suffix or '(none)'!r}: use .pt2, .onnx, .keras, .h5 or ARCH + --weights"
     )
+
+
+def with_overrides(
+    loaded: LoadedModel,
+    size: tuple[int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    labels: str | Path | None = None,
+) -> LoadedModel:
+    """Apply a user's input size, normalisation and class-name file (CLI, batch runs) to a loaded model."""
+    from dataclasses import replace
+
+    from krypton.io import Preprocess
+
+    pre = loaded.preprocess
+    if pre is None:
+        if size is None:
+            raise ModelError(f"{loaded.name}: give the model input size (--size H,W)")
+        pre = Preprocess(size)
+    if size:
+        pre = pre.with_size(size)
+    if mean or std:
+        pre = replace(pre, mean=tuple(mean or pre.mean), std=tuple(std or pre.std))
+    loaded.preprocess = pre
+    if labels:
+        try:
+            lines = Path(labels).read_text().splitlines()
+        except OSError as exc:
+            raise ModelError(f"cannot read labels {labels}: {exc.strerror or exc}") from None
+        names = [line.strip() for line in lines if line.strip()]
+        if not names:
+            raise ModelError(f"labels file {labels} has no class names")
+        loaded.class_names = names
+    return loaded

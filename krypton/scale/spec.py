@@ -59,25 +59,10 @@ class ModelSpec:
 
     def load(self) -> LoadedModel:
         """The model with the overrides applied (same rules as `krypton explain`)."""
-        from krypton.io import Preprocess
+        from krypton.models import with_overrides
 
         loaded = load_model(self.model, weights=self.weights, size=self.size)
-        pre = loaded.preprocess
-        if pre is None:
-            if self.size is None:
-                raise ValueError(f"{loaded.name}: give the model input size (--size H,W)")
-            pre = Preprocess(self.size)
-        if self.size:
-            pre = pre.with_size(self.size)
-        if self.mean or self.std:
-            pre = replace(pre, mean=tuple(self.mean or pre.mean), std=tuple(self.std or pre.std))
-        loaded.preprocess = pre
-        if self.labels:
-            names = [line.strip() for line in Path(self.labels).read_text().splitlines() if line.strip()]
-            if not names:
-                raise ValueError(f"labels file {self.labels} has no class names")
-            loaded.class_names = names
-        return loaded
+        return with_overrides(loaded, self.size, self.mean, self.std, self.labels)
 
 
 @dataclass(frozen=True)
