@@ -15,7 +15,7 @@ from torch import nn
 
 from krypton import _validate
 from krypton.capture import CaptureError, Graph, capture
-from krypton.engine.plan import Plan, batch_macs, batches, position_macs
+from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
 from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, threshold
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
@@ -175,10 +175,9 @@ class _Job:
         estimate = interpolated[..., self.target]
         self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
         stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
-        naive = self._naive_macs()
-        spent = stats1.get("flops", naive / self.fine.count * coarse.count) + stats2.get(
-            "flops", naive / self.fine.count * len(rows)
-        )
+        per_position = self._naive_macs_per_position(stats1, coarse.count)
+        naive = per_position * self.fine.count
+        spent = stats1.get("flops", per_position * coarse.count) + stats2.get("flops", per_position * len(rows))
         stats = {
             "mode": stats2["mode"],
             "requested_mode": "approximate",
@@ -195,9 +194,15 @@ class _Job:
         drilled[rows] = True
         return combine(interpolated, rows, stage2), stats, drilled.reshape(self.grid)
 
-    def _naive_macs(self) -> int:
-        graph = captured(self.model, self.image)
-        return plan_for(graph, self.fine).naive_macs() * self.fine.count
+    def _naive_macs_per_position(self, stats: dict[str, Any], count: int) -> float:
+        """MACs of one full forward pass: from a run's stats, else counted on the captured graph."""
+        if "flops_naive" in stats:
+            return stats["flops_naive"] / count
+        try:
+            graph = captured(self.model, self.image)
+        except CaptureError:  # naive fallback for an uncapturable model: no MAC count to give
+            return float("nan")
+        return plan_for(graph, subset(self.fine, np.arange(1))).naive_macs()
 
     def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
@@ -390,6 +395,6 @@ def _analysis(plan: Plan, batch_size: int) -> Analysis:
                 "incremental_macs": spent / count,
             }
         )
-    total = sum(batch_macs(plan, b) for b in groups) / count + plan.untouched_macs
+    total = sum(row["incremental_macs"] for row in ops) + plan.untouched_macs
     per_position = float(position_macs(plan).mean()) + plan.untouched_macs
     return Analysis(ops, plan.naive_macs(), total, per_position, count, batch_size, plan.fallbacks)

@@ -25,8 +25,6 @@ import krypton
 from krypton.scale import ClusterError, InputError, ModelSpec, expand, explain_many
 from krypton.scale import cluster as cluster_module
 
-ray = pytest.importorskip("ray")
-
 SETTINGS = dict(patch=8, stride=8)
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from krypton.box import Boxes
-from krypton.engine.gather import PaddedCache
+from krypton.engine.gather import PaddedCache, read_window
 from krypton.engine.incremental import ImageDelta
 
 
@@ -35,8 +35,6 @@ class Occlusions:
 
     def materialize(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
         """The occluded images themselves (B, C, H, W), for full re-inference."""
-        from krypton.engine.gather import read_window
-
         cache = cache or PaddedCache()
         delta = self.image_delta().delta(index, cache)
         body = tuple(self.image.shape[1:])

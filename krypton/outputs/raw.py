@@ -58,12 +58,8 @@ def summary(explanation: Any, class_names: list[str] | None = None, top: int = 5
     }
 
 
-def save_raw(
-    explanation: Any, stem: str | Path, class_names: list[str] | None = None, meta: dict[str, Any] | None = None
-) -> tuple[Path, Path]:
-    """Write STEM.npz (scores, base, positions, heatmap, drop map) and STEM.json (summary + meta)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+def raw_arrays(explanation: Any) -> dict[str, np.ndarray]:
+    """The arrays of a raw result file: scores, base, positions, heatmap, drop map (and drilled cells)."""
     arrays = {
         "scores": explanation.scores.numpy(),
         "base": explanation.base.numpy(),
@@ -74,6 +70,16 @@ def save_raw(
     drilled = getattr(explanation, "drilled", None)
     if drilled is not None:
         arrays["drilled"] = drilled.numpy()
+    return arrays
+
+
+def save_raw(
+    explanation: Any, stem: str | Path, class_names: list[str] | None = None, meta: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write STEM.npz (scores, base, positions, heatmap, drop map) and STEM.json (summary + meta)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    arrays = raw_arrays(explanation)
     npz = stem.with_name(stem.name + ".npz")
     np.savez_compressed(npz, **arrays)
     info = summary(explanation, class_names)

@@ -64,6 +64,9 @@ class Frame(Protocol):
     def whole(self, node: fx.Node) -> torch.Tensor:
         """The whole tensor for every item (B, ...); constants come back as they are."""
 
+    def window_of(self, node: fx.Node) -> Window:
+        """Where this batch computed `node` (the window of its changed values)."""
+
 
 class Rule:
     """Base rule: recompute everything when anything changed (always correct)."""

@@ -19,8 +19,8 @@ import krypton
 from krypton.api import DEFAULT_TAU, captured
 from krypton.models.spec import LoadedModel
 from krypton.modes.approximate import Drilldown, parse_drilldown
-from krypton.outputs.raw import summary
-from krypton.outputs.render import drop_map, png_bytes
+from krypton.outputs.raw import raw_arrays, summary
+from krypton.outputs.render import png_bytes
 from krypton.web.catalog import Models, Picture, Pictures, fill_values
 from krypton.web.estimate import Estimator
 from krypton.web.jobs import Job, NotFound, PhaseMap
@@ -285,15 +285,7 @@ def result_json(job: Job, phase: str | None) -> dict[str, Any]:
 
 def result_npz(job: Job, phase: str | None) -> bytes:
     explanation, _ = explanation_of(job, phase)
-    arrays = {
-        "scores": explanation.scores.numpy(),
-        "base": explanation.base.numpy(),
-        "positions": explanation.positions.numpy(),
-        "heatmap": explanation.heatmap.numpy(),
-        "drop_map": drop_map(explanation).astype(np.float32),
-    }
-    if explanation.drilled is not None:
-        arrays["drilled"] = explanation.drilled.numpy()
+    arrays = raw_arrays(explanation)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
