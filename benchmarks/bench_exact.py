@@ -2,8 +2,9 @@
 
 VGG16, ResNet18 and Inception3 (torchvision, random weights), patch 16, stride 4, fill 0, on the same
 fixed random sample of grid positions, in one process. Naive runs at its fastest batch size (chosen
-from a short trial); exact at the engine's default; each mode runs `--repeat` times and the fastest
-counts. Prints time ratio, theoretical (MAC) ratio and the peak resident-memory growth (sampled on 64 positions).
+from a short trial); exact at the engine's default. The modes run `--repeat` times each, interleaved;
+prints the ratio of the fastest runs, the median (and range) of the exact/naive pair ratios, the
+theoretical (MAC) ratio and the peak resident-memory growth (sampled on 64 positions).
 
     .venv/bin/python benchmarks/bench_exact.py [--positions 256] [--models vgg16 resnet18 inception_v3]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -33,18 +35,22 @@ def best_naive_batch(model: torch.nn.Module, occ: Occlusions, candidates=(8, 16,
     return min(timings, key=timings.get)
 
 
-def best_of(repeat: int, fn, memory_fn):
-    """(min seconds over `repeat` plain runs, peak memory of one sampled run, result).
+def paired(repeat: int, exact_fn, naive_fn) -> tuple[list[float], list[float], object, object]:
+    """Seconds of `repeat` exact runs and `repeat` naive runs, interleaved (exact, naive, exact, ...).
 
-    Timed runs have no memory sampler (its thread costs the Python-heavier exact mode ~8 %); memory
-    is sampled on a separate, shorter run with the same batch size.
+    The machine's speed drifts by 20 % over minutes; interleaving lets each exact run be compared
+    with the naive run right after it, so the median of the pair ratios is robust to the drift.
+    Timed runs have no memory sampler (its thread costs the Python-heavier exact mode ~8 %).
     """
-    best, result = float("inf"), None
+    exact_s, naive_s, exact, naive = [], [], None, None
     for _ in range(repeat):
         start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, measure(memory_fn)[1], result
+        exact = exact_fn()
+        exact_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        naive = naive_fn()
+        naive_s.append(time.perf_counter() - start)
+    return exact_s, naive_s, exact, naive
 
 
 def run(name: str, positions: int, repeat: int) -> dict:
@@ -58,19 +64,20 @@ def run(name: str, positions: int, repeat: int) -> dict:
     theory = _analysis(plan, batch).speedup
     naive_batch = best_naive_batch(model, occ)
     run_exact(graph, Occlusions(image, occ.lo[:batch], occ.hi[:batch], patch=occ.patch), batch_size=batch)  # warm-up
+    exact_s, naive_s, exact, naive = paired(
+        repeat, lambda: run_exact(graph, occ, plan, batch), lambda: run_naive(model, occ, naive_batch)
+    )
     head = Occlusions(image, occ.lo[:64], occ.hi[:64], patch=occ.patch)
-    t_exact, m_exact, exact = best_of(
-        repeat, lambda: run_exact(graph, occ, plan, batch), lambda: run_exact(graph, head, batch_size=batch)
-    )
-    t_naive, m_naive, naive = best_of(
-        repeat, lambda: run_naive(model, occ, naive_batch), lambda: run_naive(model, head, naive_batch)
-    )
+    m_exact = measure(lambda: run_exact(graph, head, batch_size=batch))[1]
+    m_naive = measure(lambda: run_naive(model, head, naive_batch))[1]
     with torch.no_grad():
         clean = model(image)
     err = float(((exact.outputs - clean) - (naive - clean)).abs().max())
+    ratios = [n / e for e, n in zip(exact_s, naive_s)]
     return {
         "model": name, "positions": occ.count, "naive_batch": naive_batch, "exact_batch": batch,
-        "naive_s": t_naive, "exact_s": t_exact, "ratio": t_naive / t_exact, "theory": theory,
+        "naive_s": min(naive_s), "exact_s": min(exact_s), "ratio": min(naive_s) / min(exact_s),
+        "median": statistics.median(ratios), "spread": (min(ratios), max(ratios)), "theory": theory,
         "naive_mb": m_naive / 2**20, "exact_mb": m_exact / 2**20, "max_err": err,
     }
 
@@ -79,18 +86,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", type=int, default=256)
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18", "inception_v3"])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs per mode")
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
     print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| model | positions | naive s (batch) | exact s (batch) | speedup | theoretical | paper CPU | "
-          "peak MB naive / exact | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | positions | naive s (batch) | exact s (batch) | speedup, best of each | median of pairs "
+          "(range) | theoretical | paper CPU | peak MB naive / exact | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         r = run(name, args.positions, args.repeat)
         print(
             f"| {name} | {r['positions']} | {r['naive_s']:.1f} ({r['naive_batch']}) | {r['exact_s']:.1f} "
-            f"({r['exact_batch']}) | **{r['ratio']:.2f}x** | {r['theory']:.2f}x | {PAPER_CPU[name]}x | "
+            f"({r['exact_batch']}) | **{r['ratio']:.2f}x** | {r['median']:.2f}x ({r['spread'][0]:.2f}-"
+            f"{r['spread'][1]:.2f}) | {r['theory']:.2f}x | {PAPER_CPU[name]}x | "
             f"{r['naive_mb']:.0f} / {r['exact_mb']:.0f} | {r['max_err']:.1e} |",
             flush=True,
         )

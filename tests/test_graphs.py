@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from krypton.capture import capture
+from krypton.engine.incremental import IncrementalRunner
+from krypton.engine.plan import always_whole, dense_tail, tail_reads
 from krypton.modes.exact import plan_for, run_exact
 from krypton.modes.naive import run_naive
-from krypton.modes.occlusions import Occlusions
+from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.rules import FULL, RULES
 
 from graphs import IMAGE_MODELS, IMAGE_SHAPE, Conv1d, Conv3d, DirectOps, SamePadPool
@@ -105,3 +107,42 @@ def test_clamped_index_gather_stays_incremental():
     graph = capture(SamePadPool().eval(), image)
     plan = plan_for(graph, _slab_occlusions(image, 2, 3))
     assert not [op for _, op in plan.fallbacks if "index" in op]
+
+
+def test_dense_tail_runs_once_for_many_batches(monkeypatch):
+    """The steps every position computes whole (here the linear head) run on several batches at once."""
+    torch.manual_seed(0)
+    model = IMAGE_MODELS[2]().eval()  # Windows: conv/pool stack, then flatten + linear
+    image = torch.randn(IMAGE_SHAPE)
+    occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
+    graph = capture(model, image)
+    plan = plan_for(graph, occ)
+    start = dense_tail(plan)
+    assert start < len(plan.steps) and any("addmm" in s.call.op_name for s in plan.steps[start:])
+    assert all(always_whole(s) for s in plan.steps[start:])
+    calls = []
+    original = IncrementalRunner.run_tail
+    monkeypatch.setattr(IncrementalRunner, "run_tail", lambda self, heads: calls.append(len(heads)) or original(self, heads))
+    together = run_exact(graph, occ, plan, batch_size=4, tail_batch=occ.count).outputs
+    assert calls == [-(-occ.count // 4)]  # one tail call holding every batch's head
+    calls.clear()
+    apart = run_exact(graph, occ, plan, batch_size=4, tail_batch=1).outputs
+    assert calls == [1] * -(-occ.count // 4)
+    with torch.no_grad():
+        naive = run_naive(model, occ, 8)
+    torch.testing.assert_close(together, naive, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(apart, naive, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_tail_takes_a_multi_output_op_with_its_getitem():
+    """The tail reads single tensors only: a max pool (values, indices) starts the tail, not its getitem."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(9), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    image = torch.randn(1, 3, 11, 11)
+    graph = capture(model.eval(), image)
+    occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
+    plan = plan_for(graph, occ)
+    start = dense_tail(plan)
+    assert plan.steps[start].call.op_name == "aten.max_pool2d_with_indices.default"
+    assert [n.name for n in tail_reads(plan, start)] == [plan.steps[start - 1].call.name]
+    torch.testing.assert_close(run_exact(graph, occ, plan).outputs, run_naive(model, occ, 8), rtol=1e-4, atol=1e-5)

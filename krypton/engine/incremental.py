@@ -9,6 +9,7 @@ Values are dropped after their last use.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import fx
 
 from krypton.box import Boxes, Window
 from krypton.engine.gather import Delta, PaddedCache, read_window
-from krypton.engine.plan import Plan, Step, window
+from krypton.engine.plan import Plan, Step, dense_tail, tail_reads, window
 from krypton.rules import FULL
 
 
@@ -88,7 +89,12 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
 
 
 class IncrementalRunner:
-    """Runs batches of positions of one plan against one set of materialised values."""
+    """Runs batches of positions of one plan against one set of materialised values.
+
+    `run(index)` computes a batch end to end. `run_head(index)` stops at the plan's dense tail (the
+    steps every batch computes whole) and returns the whole tensors the tail reads; `run_tail` then
+    runs the tail once for several heads, as one larger plain batch.
+    """
 
     def __init__(self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta):
         self.plan = plan
@@ -97,22 +103,47 @@ class IncrementalRunner:
         self.cache = PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
+        self.tail = dense_tail(plan)
+        self.tail_inputs = tail_reads(plan, self.tail)
 
     @torch.no_grad()
     def run(self, index: np.ndarray) -> tuple[torch.Tensor, int]:
         """Model outputs (B, *out) for the positions `index`, and the MACs spent."""
+        head, macs = self.run_head(index)
+        out, tail_macs = self.run_tail([head])
+        return out, macs + tail_macs
+
+    @torch.no_grad()
+    def run_head(self, index: np.ndarray) -> tuple[list[torch.Tensor], int]:
+        """The whole values (B, ...) the dense tail reads, for the positions `index`; MACs spent."""
         frame = BatchFrame(self.base, len(index), self.cache, self.derived)
         frame.state[self.plan.graph.image] = self.image_delta.delta(index, self.cache)
+        macs = self._walk(frame, self.plan.steps[: self.tail], lambda step: window(step, index))
+        return [frame.whole(node) for node in self.tail_inputs], macs
+
+    @torch.no_grad()
+    def run_tail(self, heads: list[list[torch.Tensor]]) -> tuple[torch.Tensor, int]:
+        """Model outputs for the concatenated batches of `heads`, and the MACs of the tail."""
+        values = [torch.cat(parts) if len(heads) > 1 else parts[0] for parts in zip(*heads)]
+        batch = int(values[0].shape[0])
+        frame = BatchFrame(self.base, batch, self.cache, self.derived)
+        for node, value in zip(self.tail_inputs, values):
+            frame.state[node] = Delta(value, np.zeros((batch, value.dim() - 1), dtype=np.int64))
+        steps = self.plan.steps[self.tail :]
+        macs = self._walk(frame, steps, lambda step: None if step.primary is None else Window.whole(batch, step.body))
+        return frame.whole(self.plan.graph.output), macs
+
+    def _walk(self, frame: BatchFrame, steps: list[Step], window_for: Callable[[Step], Window | None]) -> int:
         macs = 0
-        for step in self.plan.steps:
-            win = window(step, index)
+        for step in steps:
+            win = window_for(step)
             if win is None:
                 continue
             frame.state[step.call.node] = self._step(step, frame, win)
-            macs += step.macs * win.numel() * len(index)
+            macs += step.macs * win.numel() * frame.batch
             for node in self.freed.get(step.call.node, []):
                 frame.state.pop(node, None)
-        return frame.whole(self.plan.graph.output), macs
+        return macs
 
     def _step(self, step: Step, frame: BatchFrame, win: Window) -> Any:
         call = step.call

@@ -15,7 +15,8 @@ from krypton.engine.materialize import materialize
 from krypton.engine.plan import BoxTransform, Plan, batches, propagate
 from krypton.modes.occlusions import Collector, Occlusions
 
-MAX_BATCH = 16
+MAX_BATCH = 32
+MAX_TAIL_BATCH = 128  # positions per call of the dense tail (VGG16's 400 MB fc1 weights are read once per call)
 MEMORY_BUDGET = 2 << 30  # bytes for one batch's windows, unless batch_size is given
 
 
@@ -35,6 +36,14 @@ def auto_batch(plan: Plan, budget: int = MEMORY_BUDGET) -> int:
     return int(max(1, min(MAX_BATCH, budget // per_item)))
 
 
+def auto_tail_batch(runner: IncrementalRunner, budget: int = MEMORY_BUDGET) -> int:
+    """Positions the dense tail runs at once: up to MAX_TAIL_BATCH, within the memory budget."""
+    plan = runner.plan
+    per_item = sum(int(np.prod(plan.graph.shapes[n][1:])) for n in runner.tail_inputs)
+    per_item += sum(int(np.prod(s.body)) for s in plan.steps[runner.tail :])
+    return int(max(1, min(MAX_TAIL_BATCH, budget // max(1, 4 * per_item))))
+
+
 @dataclass
 class ExactResult:
     outputs: torch.Tensor  # (P, K)
@@ -51,22 +60,43 @@ def run_exact(
     progress: Callable[[int], None] | None = None,
     groups: list[np.ndarray] | None = None,
     on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
+    tail_batch: int | None = None,
 ) -> ExactResult:
     """Outputs for every occlusion by incremental inference, in the occlusions' order.
 
     `groups` (lists of position indices, in visiting order) overrides the planner's batching;
     `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
+    The plan's dense tail runs on up to `tail_batch` positions at once (several batches' heads);
+    with `on_batch` it runs per batch, so partial results arrive as soon as possible.
     """
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
     base = materialize(graph, occlusions.image)
     runner = IncrementalRunner(plan, base, occlusions.image_delta())
+    if on_batch is not None:
+        tail_batch = 1
     collector = Collector(occlusions.count, progress, on_batch)
     macs = 0
-    for index in groups if groups is not None else batches(plan, batch_size):
-        out, spent = runner.run(index)
+    heads: list[list[torch.Tensor]] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal macs
+        out, spent = runner.run_tail(heads)
         macs += spent
-        collector.add(index, out)
+        collector.add(np.concatenate(pending), out)
+        heads.clear()
+        pending.clear()
+
+    for index in groups if groups is not None else batches(plan, batch_size):
+        head, spent = runner.run_head(index)
+        macs += spent
+        heads.append(head)
+        pending.append(index)
+        if sum(len(i) for i in pending) >= (tail_batch or auto_tail_batch(runner)):
+            flush()
+    if pending:
+        flush()
     return ExactResult(collector.result(), macs, batch_size)
 
 
