@@ -122,7 +122,8 @@ def test_dense_tail_runs_once_for_many_batches(monkeypatch):
     assert all(always_whole(s) for s in plan.steps[start:])
     calls = []
     original = IncrementalRunner.run_tail
-    monkeypatch.setattr(IncrementalRunner, "run_tail", lambda self, heads: calls.append(len(heads)) or original(self, heads))
+    counted = lambda self, heads: calls.append(len(heads)) or original(self, heads)  # noqa: E731
+    monkeypatch.setattr(IncrementalRunner, "run_tail", counted)
     together = run_exact(graph, occ, plan, batch_size=4, tail_batch=occ.count).outputs
     assert calls == [-(-occ.count // 4)]  # one tail call holding every batch's head
     calls.clear()
@@ -137,7 +138,8 @@ def test_dense_tail_runs_once_for_many_batches(monkeypatch):
 def test_dense_tail_takes_a_multi_output_op_with_its_getitem():
     """The tail reads single tensors only: a max pool (values, indices) starts the tail, not its getitem."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(9), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(9), nn.Flatten(), nn.Linear(4, 2))
     image = torch.randn(1, 3, 11, 11)
     graph = capture(model.eval(), image)
     occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
