@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import krypton
+from krypton.modes.approximate import upsample
 
 from helpers import condition
 
@@ -188,3 +189,18 @@ def test_naive_mode_streams_updates_too():
     result = krypton.explain(model, image, patch=8, stride=2, mode="naive", on_update=updates.append, batch_size=8)
     assert len(updates) >= 3 and updates[0].done < updates[0].total and updates[-1].final
     torch.testing.assert_close(updates[-1].heatmap, result.heatmap, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, coarse_stride, fine_shape, fine_stride",
+    [((5, 7, 3), (8, 12), (20, 40), (2, 2)), ((1, 4), (9, 9), (3, 12), (4, 3)), ((6, 6, 10), (9, 9), (53, 53), (4, 4))],
+)
+def test_upsample_is_per_axis_linear_interpolation(shape, coarse_stride, fine_shape, fine_stride):
+    """The matrix form equals np.interp along each axis (clamped past the last coarse cell)."""
+    coarse = np.random.default_rng(0).random(shape)
+    expected = coarse
+    for axis in range(2):
+        src = np.arange(shape[axis]) * coarse_stride[axis]
+        dst = np.arange(fine_shape[axis]) * fine_stride[axis]
+        expected = np.apply_along_axis(lambda v, s=src, d=dst: np.interp(d, s, v), axis, expected)
+    np.testing.assert_allclose(upsample(coarse, coarse_stride, fine_shape, fine_stride), expected, atol=1e-12)

@@ -103,13 +103,29 @@ def predicted_speedup(s1: tuple[int, int], s2: tuple[int, int], fraction: float)
 
 def upsample(coarse: np.ndarray, coarse_stride: tuple[int, int], fine_shape: tuple[int, int],
              fine_stride: tuple[int, int]) -> np.ndarray:
-    """Bilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2)."""
+    """Bilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2).
+
+    `coarse` is (H1, W1, ...) (trailing axes, e.g. classes, are carried along); each axis is one matrix
+    product with the linear-interpolation weights (np.interp's rule: clamped beyond the last cell).
+    """
     out = coarse
     for axis in range(2):
-        src = np.arange(coarse.shape[axis]) * coarse_stride[axis]
-        dst = np.arange(fine_shape[axis]) * fine_stride[axis]
-        out = np.apply_along_axis(lambda v, s=src, d=dst: np.interp(d, s, v), axis, out)
+        weights = _interp_matrix(coarse.shape[axis], coarse_stride[axis], fine_shape[axis], fine_stride[axis])
+        out = np.moveaxis(np.tensordot(weights, np.moveaxis(out, axis, 0), axes=1), 0, axis)
     return out
+
+
+def _interp_matrix(count: int, step: int, fine: int, fine_step: int) -> np.ndarray:
+    """(fine, count) weights: row j interpolates position j*fine_step between coarse cells i*step."""
+    where = np.clip(np.arange(fine) * fine_step / step, 0, count - 1)
+    left = np.minimum(np.floor(where).astype(np.int64), max(count - 2, 0))
+    frac = where - left
+    weights = np.zeros((fine, count))
+    rows = np.arange(fine)
+    weights[rows, left] = 1 - frac if count > 1 else 1.0
+    if count > 1:
+        weights[rows, left + 1] = frac
+    return weights
 
 
 def select_cells(upsampled: np.ndarray, fraction: float) -> np.ndarray:
