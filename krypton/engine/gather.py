@@ -44,6 +44,8 @@ class PaddedCache:
         for a in reversed(range(len(lo))):
             pads += [int(lo[a]), int(hi[a])]
         padded = F.pad(base, pads, value=value) if any(pads) else base
+        if padded.dim() == 4:  # channels-last copy: a window of all channels is one run per row
+            padded = padded.contiguous(memory_format=torch.channels_last)
         self._cache[key] = (padded, lo.copy(), hi.copy(), base)  # holding `base` pins its address
         return self._cache[key]
 
@@ -81,6 +83,8 @@ def _gather(
 ) -> torch.Tensor:
     """One strided gather of the windows `[start_b, start_b + size)` from a single tensor."""
     uniform = (start == start[:1]).all(axis=0)
+    if len(size) == 3 and uniform[0] and start[0, 0] == 0 and size[0] == padded.shape[0] and not uniform[1:].all():
+        return _gather_all_channels(padded, start, size)
     sliced = padded[tuple(slice(int(start[0, a]), int(start[0, a]) + size[a]) if uniform[a] else slice(None)
                           for a in range(len(size)))]
     varying = [a for a in range(len(size)) if not uniform[a]]
@@ -92,6 +96,22 @@ def _gather(
     windows = sliced.as_strided(view_shape, view_stride, sliced.storage_offset())
     index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in varying)
     return windows[index]
+
+
+def _gather_all_channels(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+    """Windows of every channel of a (C, H, W) tensor, gathered in channels-last order.
+
+    Indexing a (H, W, h, w, C) window view copies runs of C contiguous values (NCHW order copies runs
+    of w); measured 2-3x faster. The result is (B, C, h, w) in channels-last layout, which
+    convolutions and pooling accept as is (and run faster on, on CPU).
+    """
+    hwc = padded.permute(1, 2, 0)
+    if not hwc.is_contiguous():
+        hwc = hwc.contiguous()
+    rows, cols = hwc.shape[0] - size[1] + 1, hwc.shape[1] - size[2] + 1
+    windows = hwc.as_strided((rows, cols, size[1], size[2], size[0]), hwc.stride()[:2] + hwc.stride(), hwc.storage_offset())
+    index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in (1, 2))
+    return windows[index].permute(0, 3, 1, 2)
 
 
 def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, ...]) -> None:

@@ -39,7 +39,15 @@ class Occlusions:
         delta = self.image_delta().delta(index, cache)
         body = tuple(self.image.shape[1:])
         start = np.zeros((len(index), len(body)), dtype=np.int64)
-        return read_window(self.image, delta, start, body, 0.0, cache)
+        images = read_window(self.image, delta, start, body, 0.0, cache)
+        return images.contiguous(memory_format=_layout(self.image))  # the model sees the caller's layout
+
+
+def _layout(image: torch.Tensor) -> torch.memory_format:
+    channels_last = image.dim() == 4 and not image.is_contiguous() and image.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def grid_occlusions(
