@@ -8,7 +8,7 @@ import torch
 
 from krypton.capture import capture
 from krypton.engine.incremental import IncrementalRunner
-from krypton.engine.plan import always_whole, dense_tail, tail_reads
+from krypton.engine.plan import batch_independent, shared_tail, tail_reads
 from krypton.modes.exact import plan_for, run_exact
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions, grid_occlusions
@@ -109,7 +109,7 @@ def test_clamped_index_gather_stays_incremental():
     assert not [op for _, op in plan.fallbacks if "index" in op]
 
 
-def test_dense_tail_runs_once_for_many_batches(monkeypatch):
+def test_shared_tail_runs_once_for_many_batches(monkeypatch):
     """The steps every position computes whole (here the linear head) run on several batches at once."""
     torch.manual_seed(0)
     model = IMAGE_MODELS[2]().eval()  # Windows: conv/pool stack, then flatten + linear
@@ -117,12 +117,12 @@ def test_dense_tail_runs_once_for_many_batches(monkeypatch):
     occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
     graph = capture(model, image)
     plan = plan_for(graph, occ)
-    start = dense_tail(plan)
+    start = shared_tail(plan)
     assert start < len(plan.steps) and any("addmm" in s.call.op_name for s in plan.steps[start:])
-    assert all(always_whole(s) for s in plan.steps[start:])
+    assert all(batch_independent(s) for s in plan.steps[start:])
     calls = []
     original = IncrementalRunner.run_tail
-    counted = lambda self, heads: calls.append(len(heads)) or original(self, heads)  # noqa: E731
+    counted = lambda self, heads, index: calls.append(len(heads)) or original(self, heads, index)  # noqa: E731
     monkeypatch.setattr(IncrementalRunner, "run_tail", counted)
     together = run_exact(graph, occ, plan, batch_size=4, tail_batch=occ.count).outputs
     assert calls == [-(-occ.count // 4)]  # one tail call holding every batch's head
@@ -135,7 +135,7 @@ def test_dense_tail_runs_once_for_many_batches(monkeypatch):
     torch.testing.assert_close(apart, naive, rtol=1e-4, atol=1e-5)
 
 
-def test_dense_tail_takes_a_multi_output_op_with_its_getitem():
+def test_shared_tail_takes_a_multi_output_op_with_its_getitem():
     """The tail reads single tensors only: a max pool (values, indices) starts the tail, not its getitem."""
     torch.manual_seed(0)
     nn = torch.nn
@@ -144,7 +144,7 @@ def test_dense_tail_takes_a_multi_output_op_with_its_getitem():
     graph = capture(model.eval(), image)
     occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
     plan = plan_for(graph, occ)
-    start = dense_tail(plan)
+    start = shared_tail(plan)
     assert plan.steps[start].call.op_name == "aten.max_pool2d_with_indices.default"
     assert [n.name for n in tail_reads(plan, start)] == [plan.steps[start - 1].call.name]
     torch.testing.assert_close(run_exact(graph, occ, plan).outputs, run_naive(model, occ, 8), rtol=1e-4, atol=1e-5)

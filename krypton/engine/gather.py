@@ -69,6 +69,8 @@ def read_window(
         return delta.data
     batch = start.shape[0]
     shape = np.asarray(base.shape[1:], dtype=np.int64)
+    if delta is not None and delta.size == tuple(shape) and _inside(start, size, shape):
+        return delta.data[(slice(None),) + tuple(slice(int(a), int(a) + n) for a, n in zip(start[0], size))]
     need_lo = np.maximum(0, -start.min(axis=0))
     need_hi = np.maximum(0, (start + np.asarray(size)).max(axis=0) - shape)
     padded, pad_lo, _, _ = cache.get(base, need_lo, need_hi, pad_value)
@@ -76,6 +78,11 @@ def read_window(
     if delta is not None:
         _paste(out, delta, start, size)
     return out
+
+
+def _inside(start: np.ndarray, size: tuple[int, ...], shape: np.ndarray) -> bool:
+    """One window for all items (the same start) that lies inside the tensor."""
+    return bool((start == start[:1]).all() and (start[0] >= 0).all() and (start[0] + np.asarray(size) <= shape).all())
 
 
 def _gather(
@@ -109,7 +116,8 @@ def _gather_all_channels(padded: torch.Tensor, start: np.ndarray, size: tuple[in
     if not hwc.is_contiguous():
         hwc = hwc.contiguous()
     rows, cols = hwc.shape[0] - size[1] + 1, hwc.shape[1] - size[2] + 1
-    windows = hwc.as_strided((rows, cols, size[1], size[2], size[0]), hwc.stride()[:2] + hwc.stride(), hwc.storage_offset())
+    shape = (rows, cols, size[1], size[2], size[0])
+    windows = hwc.as_strided(shape, hwc.stride()[:2] + hwc.stride(), hwc.storage_offset())
     index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in (1, 2))
     return windows[index].permute(0, 3, 1, 2)
 
@@ -120,6 +128,8 @@ def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, 
     width = np.asarray(delta.size)
     region = np.asarray(size)
     groups, inverse = np.unique(rel, axis=0, return_inverse=True)
+    if len(groups) > 1 and _paste_rows(out, delta.data, rel):
+        return
     inverse = inverse.reshape(-1)
     for g, r in enumerate(groups):
         a_lo, a_hi = np.maximum(r, 0), np.minimum(r + width, region)
@@ -132,3 +142,29 @@ def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, 
         else:
             rows = torch.from_numpy(np.nonzero(inverse == g)[0]).to(out.device)
             out[(rows,) + dst] = delta.data[(rows,) + src]
+
+
+def _paste_rows(out: torch.Tensor, data: torch.Tensor, rel: np.ndarray) -> bool:
+    """Paste windows at per-item offsets as one row copy (channels-last tensors of all channels).
+
+    In channels-last layout every spatial cell of every item is one contiguous row of C values, so
+    items with different offsets go in with a single `index_copy_` instead of one indexed copy per
+    offset. Returns False (nothing done) when the layouts do not allow it.
+    """
+    if out.dim() != 4 or data.shape[1] != out.shape[1] or (rel[:, 0] != 0).any():
+        return False
+    rows_out, rows_in = out.permute(0, 2, 3, 1), data.permute(0, 2, 3, 1)
+    if not (rows_out.is_contiguous() and rows_in.is_contiguous()):
+        return False
+    batch, channels, h, w = out.shape
+    dh, dw = data.shape[2], data.shape[3]
+    ys = rel[:, 1, None, None] + np.arange(dh)[None, :, None]
+    xs = rel[:, 2, None, None] + np.arange(dw)[None, None, :]
+    target = (np.arange(batch)[:, None, None] * h + ys) * w + xs
+    valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    source = rows_in.reshape(-1, channels)
+    if not valid.all():
+        source = source[torch.from_numpy(np.flatnonzero(valid)).to(out.device)]
+        target = target[valid]
+    rows_out.reshape(-1, channels).index_copy_(0, torch.from_numpy(target.reshape(-1)).to(out.device), source)
+    return True

@@ -18,7 +18,7 @@ from torch import fx
 
 from krypton.box import Boxes, Window
 from krypton.engine.gather import Delta, PaddedCache, read_window
-from krypton.engine.plan import Plan, Step, dense_tail, tail_reads, window
+from krypton.engine.plan import Plan, Step, shared_tail, tail_reads, window
 from krypton.rules import FULL
 
 
@@ -91,9 +91,9 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
 class IncrementalRunner:
     """Runs batches of positions of one plan against one set of materialised values.
 
-    `run(index)` computes a batch end to end. `run_head(index)` stops at the plan's dense tail (the
-    steps every batch computes whole) and returns the whole tensors the tail reads; `run_tail` then
-    runs the tail once for several heads, as one larger plain batch.
+    `run(index)` computes a batch end to end. `run_head(index)` stops at the plan's shared tail (the
+    steps whose window is the same in every batch) and returns the whole tensors the tail reads;
+    `run_tail` then runs the tail once for several heads, as one larger batch.
     """
 
     def __init__(self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta):
@@ -103,34 +103,35 @@ class IncrementalRunner:
         self.cache = PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
-        self.tail = dense_tail(plan)
+        self.tail = shared_tail(plan)
         self.tail_inputs = tail_reads(plan, self.tail)
 
     @torch.no_grad()
     def run(self, index: np.ndarray) -> tuple[torch.Tensor, int]:
         """Model outputs (B, *out) for the positions `index`, and the MACs spent."""
         head, macs = self.run_head(index)
-        out, tail_macs = self.run_tail([head])
+        out, tail_macs = self.run_tail([head], [index])
         return out, macs + tail_macs
 
     @torch.no_grad()
     def run_head(self, index: np.ndarray) -> tuple[list[torch.Tensor], int]:
-        """The whole values (B, ...) the dense tail reads, for the positions `index`; MACs spent."""
+        """The whole values (B, ...) the shared tail reads, for the positions `index`; MACs spent."""
         frame = BatchFrame(self.base, len(index), self.cache, self.derived)
         frame.state[self.plan.graph.image] = self.image_delta.delta(index, self.cache)
         macs = self._walk(frame, self.plan.steps[: self.tail], lambda step: window(step, index))
         return [frame.whole(node) for node in self.tail_inputs], macs
 
     @torch.no_grad()
-    def run_tail(self, heads: list[list[torch.Tensor]]) -> tuple[torch.Tensor, int]:
-        """Model outputs for the concatenated batches of `heads`, and the MACs of the tail."""
+    def run_tail(self, heads: list[list[torch.Tensor]], indices: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """Model outputs for the concatenated batches of `heads` (positions `indices`), and the tail's MACs."""
         values = [torch.cat(parts) if len(heads) > 1 else parts[0] for parts in zip(*heads)]
-        batch = int(values[0].shape[0])
+        index = np.concatenate(indices)
+        batch = len(index)
         frame = BatchFrame(self.base, batch, self.cache, self.derived)
         for node, value in zip(self.tail_inputs, values):
             frame.state[node] = Delta(value, np.zeros((batch, value.dim() - 1), dtype=np.int64))
         steps = self.plan.steps[self.tail :]
-        macs = self._walk(frame, steps, lambda step: None if step.primary is None else Window.whole(batch, step.body))
+        macs = self._walk(frame, steps, lambda step: window(step, index))
         return frame.whole(self.plan.graph.output), macs
 
     def _walk(self, frame: BatchFrame, steps: list[Step], window_for: Callable[[Step], Window | None]) -> int:

@@ -153,8 +153,13 @@ def window(step: Step, index: np.ndarray) -> Window | None:
     return win
 
 
-def always_whole(step: Step) -> bool:
-    """True if every position changes the step and every batch computes it whole (see `window`)."""
+def batch_independent(step: Step) -> bool:
+    """True if every position changes the step and every batch computes the same window for it.
+
+    That holds when every position's window is the whole tensor (deep layers of exact runs) or when
+    all positions' boxes are equal (deep layers under projective-field thresholding: the capped,
+    centred region). See `window`.
+    """
     boxes = step.primary
     if boxes is None:
         return True  # never computed: consumers read the clean value in any batch
@@ -162,20 +167,23 @@ def always_whole(step: Step) -> bool:
         return False
     if not step.precise:
         return True
-    volume = boxes.widen(step.full_axes, step.body).volume()
-    return bool((volume >= DENSE_FRACTION * int(np.prod(step.body))).all())
+    widened = boxes.widen(step.full_axes, step.body)
+    if (widened.volume() >= DENSE_FRACTION * int(np.prod(step.body))).all():
+        return True
+    return bool((boxes.lo == boxes.lo[:1]).all() and (boxes.hi == boxes.hi[:1]).all())
 
 
-def dense_tail(plan: Plan) -> int:
-    """Index of the first step of the plan's dense tail (len(steps) if there is none).
+def shared_tail(plan: Plan) -> int:
+    """Index of the first step of the plan's shared tail (len(steps) if there is none).
 
-    From there on every step is a plain batched op for every position, so the tail can run on many
-    batches at once: VGG16's fully-connected head reads 400 MB of weights per call, and one call for
-    128 positions instead of 8 calls of 16 saves a sixth of the run. Values the tail reads from before
-    it must be single tensors (not tuples of a multi-output op).
+    From there on every step computes the same window for every position, so the tail can run on
+    many batches at once: VGG16's fully-connected head reads 400 MB of weights per call, and
+    ResNet18's last stage under thresholding runs its 5x5 windows 1.5x faster per MAC at 128
+    positions than at 32. Values the tail reads from before it must be single tensors (not tuples
+    of a multi-output op).
     """
     start = len(plan.steps)
-    while start > 0 and always_whole(plan.steps[start - 1]):
+    while start > 0 and batch_independent(plan.steps[start - 1]):
         start -= 1
     while start < len(plan.steps) and any(_is_tuple(plan.graph.shapes[n]) for n in tail_reads(plan, start)):
         start += 1

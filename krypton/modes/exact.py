@@ -16,8 +16,8 @@ from krypton.engine.plan import BoxTransform, Plan, batches, propagate
 from krypton.modes.occlusions import Collector, Occlusions
 
 MAX_BATCH = 32
-MAX_TAIL_BATCH = 128  # positions per call of the dense tail (VGG16's 400 MB fc1 weights are read once per call)
-TAIL_BYTES = 16 << 20  # the dense tail's largest tensor, for all positions of one call
+MAX_TAIL_BATCH = 128  # positions per call of the shared tail (VGG16's 400 MB fc1 weights are read once per call)
+TAIL_BYTES = 16 << 20  # the shared tail's largest tensor, for all positions of one call
 MEMORY_BUDGET = 2 << 30  # bytes for one batch's windows, unless batch_size is given
 
 
@@ -38,7 +38,7 @@ def auto_batch(plan: Plan, budget: int = MEMORY_BUDGET) -> int:
 
 
 def auto_tail_batch(runner: IncrementalRunner) -> int:
-    """Positions the dense tail runs at once: its largest tensor for all of them stays near TAIL_BYTES.
+    """Positions the shared tail runs at once: its largest tensor for all of them stays near TAIL_BYTES.
 
     Large calls pay off for weight-heavy tails (VGG16's fc head); for activation-heavy tails they
     thrash the cache (Inception3's Mixed_6 blocks at 128 positions ran 20 % slower than per batch).
@@ -71,7 +71,7 @@ def run_exact(
 
     `groups` (lists of position indices, in visiting order) overrides the planner's batching;
     `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
-    The plan's dense tail runs on up to `tail_batch` positions at once (several batches' heads);
+    The plan's shared tail runs on up to `tail_batch` positions at once (several batches' heads);
     with `on_batch` it runs per batch, so partial results arrive as soon as possible.
     """
     plan = plan or plan_for(graph, occlusions)
@@ -86,7 +86,7 @@ def run_exact(
 
     def flush() -> None:
         nonlocal macs
-        out, spent = runner.run_tail(heads)
+        out, spent = runner.run_tail(heads, pending)
         macs += spent
         collector.add(np.concatenate(pending), out)
         heads.clear()
