@@ -8,7 +8,7 @@ import torch
 
 from krypton.capture import capture
 from krypton.engine.incremental import IncrementalRunner
-from krypton.engine.plan import batch_independent, shared_tail, tail_reads
+from krypton.engine.plan import batches, shared_tail, tail_reads, window
 from krypton.modes.exact import plan_for, run_exact
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions, grid_occlusions
@@ -117,9 +117,11 @@ def test_shared_tail_runs_once_for_many_batches(monkeypatch):
     occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
     graph = capture(model, image)
     plan = plan_for(graph, occ)
-    start = shared_tail(plan)
+    groups = batches(plan, 4)
+    start = shared_tail(plan, groups)
     assert start < len(plan.steps) and any("addmm" in s.call.op_name for s in plan.steps[start:])
-    assert all(batch_independent(s) for s in plan.steps[start:])
+    assert all(len({window(s, g).size for g in groups}) == 1 for s in plan.steps[start:])
+    assert len({window(plan.steps[start - 1], g).size for g in groups}) > 1
     calls = []
     original = IncrementalRunner.run_tail
     counted = lambda self, heads, index: calls.append(len(heads)) or original(self, heads, index)  # noqa: E731
@@ -144,7 +146,7 @@ def test_shared_tail_takes_a_multi_output_op_with_its_getitem():
     graph = capture(model.eval(), image)
     occ, _ = grid_occlusions(image, (3, 3), (2, 2), torch.zeros(3, 3, 3))
     plan = plan_for(graph, occ)
-    start = shared_tail(plan)
+    start = shared_tail(plan, batches(plan, 4))
     assert plan.steps[start].call.op_name == "aten.max_pool2d_with_indices.default"
     assert [n.name for n in tail_reads(plan, start)] == [plan.steps[start - 1].call.name]
     torch.testing.assert_close(run_exact(graph, occ, plan).outputs, run_naive(model, occ, 8), rtol=1e-4, atol=1e-5)

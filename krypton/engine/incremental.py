@@ -91,19 +91,21 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
 class IncrementalRunner:
     """Runs batches of positions of one plan against one set of materialised values.
 
-    `run(index)` computes a batch end to end. `run_head(index)` stops at the plan's shared tail (the
-    steps whose window is the same in every batch) and returns the whole tensors the tail reads;
-    `run_tail` then runs the tail once for several heads, as one larger batch.
+    `run(index)` computes a batch end to end. Given the batching (`groups`), `run_head(index)` stops at
+    its shared tail (the steps whose window has the same size in every batch) and returns the whole
+    tensors the tail reads; `run_tail` then runs the tail once for several heads, as one larger batch.
     """
 
-    def __init__(self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta):
+    def __init__(
+        self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta, groups: list[np.ndarray] | None = None
+    ):
         self.plan = plan
         self.base = base
         self.image_delta = image_delta
         self.cache = PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
-        self.tail = shared_tail(plan)
+        self.tail = shared_tail(plan, groups) if groups else len(plan.steps)
         self.tail_inputs = tail_reads(plan, self.tail)
 
     @torch.no_grad()

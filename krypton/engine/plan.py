@@ -153,41 +153,37 @@ def window(step: Step, index: np.ndarray) -> Window | None:
     return win
 
 
-def batch_independent(step: Step) -> bool:
-    """True if every position changes the step and every batch computes the same window for it.
+def shared_tail(plan: Plan, groups: list[np.ndarray]) -> int:
+    """Index of the first step of the shared tail of a batching (len(steps) if there is none).
 
-    That holds when every position's window is the whole tensor (deep layers of exact runs) or when
-    all positions' boxes are equal (deep layers under projective-field thresholding: the capped,
-    centred region). See `window`.
-    """
-    boxes = step.primary
-    if boxes is None:
-        return True  # never computed: consumers read the clean value in any batch
-    if not boxes.nonempty.all():
-        return False
-    if not step.precise:
-        return True
-    widened = boxes.widen(step.full_axes, step.body)
-    if (widened.volume() >= DENSE_FRACTION * int(np.prod(step.body))).all():
-        return True
-    return bool((boxes.lo == boxes.lo[:1]).all() and (boxes.hi == boxes.hi[:1]).all())
-
-
-def shared_tail(plan: Plan) -> int:
-    """Index of the first step of the plan's shared tail (len(steps) if there is none).
-
-    From there on every step computes the same window for every position, so the tail can run on
-    many batches at once: VGG16's fully-connected head reads 400 MB of weights per call, and
-    ResNet18's last stage under thresholding runs its 5x5 windows 1.5x faster per MAC at 128
-    positions than at 32. Values the tail reads from before it must be single tensors (not tuples
-    of a multi-output op).
+    From there on every batch of `groups` computes a window of the same size for each step (whole
+    tensors in deep layers of exact runs, capped regions under thresholding). Merging batches then
+    changes no item's window - each item's start stays where its own batch put it - so the tail can
+    run on many batches at once for the same MACs: VGG16's fully-connected head reads 400 MB of
+    weights per call, and ResNet18's last stage under thresholding runs its 5x5 windows faster per
+    MAC at 128 positions than at 32. Values the tail reads from before it must be single tensors
+    (not tuples of a multi-output op).
     """
     start = len(plan.steps)
-    while start > 0 and batch_independent(plan.steps[start - 1]):
+    while start > 0 and _same_size_in_every_batch(plan.steps[start - 1], groups):
         start -= 1
     while start < len(plan.steps) and any(_is_tuple(plan.graph.shapes[n]) for n in tail_reads(plan, start)):
         start += 1
     return start
+
+
+def _same_size_in_every_batch(step: Step, groups: list[np.ndarray]) -> bool:
+    if step.primary is None:
+        return True  # never computed: consumers read the clean value in any batch
+    sizes = set()
+    for index in groups:
+        win = window(step, index)
+        if win is None:
+            return False  # merging would compute it for positions that do not change it
+        sizes.add(win.size)
+        if len(sizes) > 1:
+            return False
+    return True
 
 
 def tail_reads(plan: Plan, start: int) -> list[fx.Node]:

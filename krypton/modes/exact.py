@@ -77,7 +77,8 @@ def run_exact(
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
     base = materialize(graph, occlusions.image)
-    runner = IncrementalRunner(plan, base, occlusions.image_delta())
+    groups = groups if groups is not None else batches(plan, batch_size)
+    runner = IncrementalRunner(plan, base, occlusions.image_delta(), groups)
     tail_batch = 1 if on_batch is not None else tail_batch or auto_tail_batch(runner)
     collector = Collector(occlusions.count, progress, on_batch)
     macs = 0
@@ -92,7 +93,7 @@ def run_exact(
         heads.clear()
         pending.clear()
 
-    for index in groups if groups is not None else batches(plan, batch_size):
+    for index in groups:
         head, spent = runner.run_head(index)
         macs += spent
         heads.append(head)
