@@ -204,3 +204,29 @@ def test_upsample_is_per_axis_linear_interpolation(shape, coarse_stride, fine_sh
         dst = np.arange(fine_shape[axis]) * fine_stride[axis]
         expected = np.apply_along_axis(lambda v, s=src, d=dst: np.interp(d, s, v), axis, expected)
     np.testing.assert_allclose(upsample(coarse, coarse_stride, fine_shape, fine_stride), expected, atol=1e-12)
+
+
+def test_merged_tail_gives_the_same_approximate_outputs_as_per_batch():
+    """Under thresholding, merging batches in the shared tail leaves every item's window (and value) as is."""
+    from krypton.capture import capture
+    from krypton.engine.plan import batches, shared_tail, window
+    from krypton.modes.approximate import threshold
+    from krypton.modes.exact import plan_for, run_exact
+    from krypton.modes.occlusions import grid_occlusions
+
+    torch.manual_seed(0)
+    model = condition(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 20 * 20, 4),
+    ), (1, 3, 20, 20))
+    image = torch.randn(1, 3, 20, 20)
+    occ, _ = grid_occlusions(image, (6, 6), (2, 2), torch.zeros(3, 6, 6))
+    graph = capture(model, image)
+    plan = plan_for(graph, occ, threshold(0.3))
+    groups = batches(plan, 4)
+    start = shared_tail(plan, groups)
+    capped = [s for s in plan.steps[start:] if "convolution" in s.call.op_name and window(s, groups[0]).size != s.body]
+    assert capped  # convolutions on capped (not whole) windows run merged
+    merged = run_exact(graph, occ, plan, batch_size=4, tail_batch=occ.count).outputs
+    apart = run_exact(graph, occ, plan, batch_size=4, tail_batch=1).outputs
+    torch.testing.assert_close(merged, apart, rtol=1e-5, atol=1e-6)
