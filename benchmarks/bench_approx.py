@@ -5,9 +5,11 @@ on a real photo, patch 16, stride 4, fill 0, full grid. Exact and every approxim
 whole grid; naive full re-inference is timed on a fixed sample of positions at its best batch size and
 scaled to the grid (it is linear in positions), because the full naive run takes many minutes here;
 a second naive baseline runs the model in channels-last layout (faster CPU kernels). For ResNet18 the
-tau that krypton.tune picks for SSIM 0.9 on other real photos is benchmarked beside the paper's 0.7.
+tau that krypton.tune picks for SSIM 0.9 on other real photos is benchmarked beside the paper's 0.7,
+with random weights and with weights distilled here from the bundled ImageNet model
+(`distilled_resnet18.py`; trained and cached on first use, about 5 minutes).
 
-    .venv/bin/python benchmarks/bench_approx.py [--models vgg16 resnet18] [--naive-sample 96]
+    .venv/bin/python benchmarks/bench_approx.py [--models vgg16 resnet18 resnet18-distilled] [--naive-sample 96]
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ PAPER_DRILL = {"fraction": 0.1, "speedup": 5}  # the paper's combined settings (
 SETTINGS = {
     "vgg16": TAUS + [dict(tau=0.5, drilldown=PAPER_DRILL)],
     "resnet18": TAUS + [dict(tau=0.7, drilldown=PAPER_DRILL)],
+    "resnet18-distilled": TAUS + [dict(tau=0.7, drilldown=PAPER_DRILL)],
 }
-PAPER_CPU = {("vgg16", True): 34.5, ("resnet18", True): 14.8}
+PAPER_CPU = {("vgg16", True): 34.5, ("resnet18", True): 14.8, ("resnet18-distilled", True): 14.8}
 
 
 def load(name: str) -> tuple[torch.nn.Module, torch.Tensor, str]:
@@ -45,10 +48,15 @@ def load(name: str) -> tuple[torch.nn.Module, torch.Tensor, str]:
 
     from krypton.io.preprocess import Preprocess
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
     pre = Preprocess((224, 224), 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=True)
     image, _ = pre(skimage.data.chelsea() / 255.0)
+    if name == "resnet18-distilled":
+        from distilled_resnet18 import distilled_resnet18
+
+        what = "torchvision ResNet18 distilled from EfficientNet-Lite0 on 8 photos (incl. chelsea)"
+        return distilled_resnet18(), image, what + ", scikit-image chelsea"
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
     return model, image, "torchvision ResNet18 (random weights), scikit-image chelsea"
 
 
@@ -83,7 +91,7 @@ def tuned_tau(model: torch.nn.Module) -> krypton.TuneResult:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18"])
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18", "resnet18-distilled"])
     parser.add_argument("--naive-sample", type=int, default=96)
     args = parser.parse_args()
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -92,7 +100,7 @@ def main() -> None:
         per_position, naive_batch = naive_seconds_per_position(model, image, args.naive_sample)
         per_position_cl, cl_batch = naive_seconds_per_position(*channels_last(model, image), args.naive_sample)
         settings = list(SETTINGS[name])
-        if name == "resnet18":
+        if name.startswith("resnet18"):
             tuned = tuned_tau(model)
             print(f"\n# krypton.tune on astronaut, coffee, rocket (chelsea held out): {tuned.summary()}")
             settings += [dict(tau=tuned.tau), dict(tau=tuned.tau, drilldown=PAPER_DRILL)]
