@@ -9,7 +9,6 @@ Values are dropped after their last use.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -91,7 +90,7 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
 class IncrementalRunner:
     """Runs batches of positions of one plan against one set of materialised values.
 
-    `run(index)` computes a batch end to end. Given the batching (`groups`), `run_head(index)` stops at
+    Given the batching (`groups`), `run_head(index)` walks a batch up to
     its shared tail (the steps whose window has the same size in every batch) and returns the whole
     tensors the tail reads; `run_tail` then runs the tail once for several heads, as one larger batch.
     """
@@ -109,18 +108,11 @@ class IncrementalRunner:
         self.tail_inputs = tail_reads(plan, self.tail)
 
     @torch.no_grad()
-    def run(self, index: np.ndarray) -> tuple[torch.Tensor, int]:
-        """Model outputs (B, *out) for the positions `index`, and the MACs spent."""
-        head, macs = self.run_head(index)
-        out, tail_macs = self.run_tail([head], [index])
-        return out, macs + tail_macs
-
-    @torch.no_grad()
     def run_head(self, index: np.ndarray) -> tuple[list[torch.Tensor], int]:
         """The whole values (B, ...) the shared tail reads, for the positions `index`; MACs spent."""
         frame = BatchFrame(self.base, len(index), self.cache, self.derived)
         frame.state[self.plan.graph.image] = self.image_delta.delta(index, self.cache)
-        macs = self._walk(frame, self.plan.steps[: self.tail], lambda step: window(step, index))
+        macs = self._walk(frame, self.plan.steps[: self.tail], index)
         return [frame.whole(node) for node in self.tail_inputs], macs
 
     @torch.no_grad()
@@ -133,13 +125,14 @@ class IncrementalRunner:
         for node, value in zip(self.tail_inputs, values):
             frame.state[node] = Delta(value, np.zeros((batch, value.dim() - 1), dtype=np.int64))
         steps = self.plan.steps[self.tail :]
-        macs = self._walk(frame, steps, lambda step: window(step, index))
+        macs = self._walk(frame, steps, index)
         return frame.whole(self.plan.graph.output), macs
 
-    def _walk(self, frame: BatchFrame, steps: list[Step], window_for: Callable[[Step], Window | None]) -> int:
+    def _walk(self, frame: BatchFrame, steps: list[Step], index: np.ndarray) -> int:
+        """Compute `steps` for the positions `index` (the frame's batch); MACs spent."""
         macs = 0
         for step in steps:
-            win = window_for(step)
+            win = window(step, index)
             if win is None:
                 continue
             frame.state[step.call.node] = self._step(step, frame, win)

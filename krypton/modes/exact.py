@@ -84,21 +84,24 @@ def run_exact(
     macs = 0
     heads: list[list[torch.Tensor]] = []
     pending: list[np.ndarray] = []
+    waiting = 0  # positions whose heads wait for the tail
 
     def flush() -> None:
-        nonlocal macs
+        nonlocal macs, waiting
         out, spent = runner.run_tail(heads, pending)
         macs += spent
         collector.add(np.concatenate(pending), out)
         heads.clear()
         pending.clear()
+        waiting = 0
 
     for index in groups:
         head, spent = runner.run_head(index)
         macs += spent
         heads.append(head)
         pending.append(index)
-        if sum(len(i) for i in pending) >= tail_batch:
+        waiting += len(index)
+        if waiting >= tail_batch:
             flush()
     if pending:
         flush()
