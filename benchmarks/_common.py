@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import threading
@@ -21,6 +22,13 @@ def torchvision_model(name: str) -> tuple[torch.nn.Module, int]:
     if name == "inception_v3":
         return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True).eval(), 299
     return getattr(torchvision.models, name)(weights=None).eval(), 224
+
+
+def channels_last(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A copy of the model and the (1, C, H, W) image in channels-last layout: PyTorch's faster CPU
+    kernels, the stricter naive baseline."""
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return model, image.contiguous(memory_format=torch.channels_last)
 
 
 def sample_positions(image: torch.Tensor, patch: int, stride: int, count: int, seed: int = 0) -> Occlusions:

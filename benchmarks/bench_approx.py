@@ -15,7 +15,6 @@ with random weights and with weights distilled here from the bundled ImageNet mo
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 
 import torch
@@ -24,7 +23,7 @@ import torchvision
 import krypton
 from krypton.modes.naive import run_naive
 
-from _common import measure, sample_positions
+from _common import channels_last, measure, sample_positions
 
 TAUS = [dict(tau=t) for t in (1.0, 0.9, 0.7, 0.5)]
 PAPER_DRILL = {"fraction": 0.1, "speedup": 5}  # the paper's combined settings (Sec. 4.1): r 0.1, target 5
@@ -71,12 +70,6 @@ def naive_seconds_per_position(model: torch.nn.Module, image: torch.Tensor, coun
     return best
 
 
-def channels_last(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model and image in channels-last layout: PyTorch's faster CPU kernels, a stricter baseline."""
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    return model, image[None].contiguous(memory_format=torch.channels_last)[0]
-
-
 def tuned_tau(model: torch.nn.Module) -> krypton.TuneResult:
     """krypton.tune on real photos (not the benchmark's image), SSIM 0.9, stride 8; chelsea held out."""
     import skimage.data
@@ -98,7 +91,8 @@ def main() -> None:
     for name in args.models:
         model, image, what = load(name)
         per_position, naive_batch = naive_seconds_per_position(model, image, args.naive_sample)
-        per_position_cl, cl_batch = naive_seconds_per_position(*channels_last(model, image), args.naive_sample)
+        model_cl, image_cl = channels_last(model, image[None])
+        per_position_cl, cl_batch = naive_seconds_per_position(model_cl, image_cl[0], args.naive_sample)
         settings = list(SETTINGS[name])
         if name.startswith("resnet18"):
             tuned = tuned_tau(model)

@@ -14,7 +14,6 @@ are faster in it; the engine gathers windows channels-last), so the layout's sha
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import statistics
 import time
@@ -26,7 +25,7 @@ from krypton.modes.exact import auto_batch, plan_for, run_exact
 from krypton.modes.naive import run_naive
 from krypton.modes.occlusions import Occlusions
 
-from _common import measure, sample_positions, torchvision_model
+from _common import channels_last, measure, sample_positions, torchvision_model
 
 PAPER_CPU = {"vgg16": 5.4, "resnet18": 2.1, "inception_v3": 1.5}
 
@@ -55,13 +54,6 @@ def paired(repeat: int, fns: list) -> tuple[list[list[float]], list]:
     return seconds, results
 
 
-def channels_last(model: torch.nn.Module, occ: Occlusions) -> tuple[torch.nn.Module, Occlusions]:
-    """The same model and occlusions in channels-last layout (faster plain inference on this CPU)."""
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    image = occ.image.contiguous(memory_format=torch.channels_last)
-    return model, Occlusions(image, occ.lo, occ.hi, patch=occ.patch)
-
-
 def run(name: str, positions: int, repeat: int) -> dict:
     model, size = torchvision_model(name)
     torch.manual_seed(1)
@@ -72,7 +64,8 @@ def run(name: str, positions: int, repeat: int) -> dict:
     batch = auto_batch(plan)
     theory = _analysis(plan, batch).speedup
     naive_batch = best_naive_batch(model, occ)
-    model_cl, occ_cl = channels_last(model, occ)
+    model_cl, image_cl = channels_last(model, image)
+    occ_cl = Occlusions(image_cl, occ.lo, occ.hi, patch=occ.patch)
     cl_batch = best_naive_batch(model_cl, occ_cl)
     run_exact(graph, Occlusions(image, occ.lo[:batch], occ.hi[:batch], patch=occ.patch), batch_size=batch)  # warm-up
     (exact_s, naive_s, cl_s), (exact, naive, _) = paired(repeat, [
