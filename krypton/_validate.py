@@ -60,9 +60,9 @@ def patch_fits(patch: tuple[int, int], size: tuple[int, int]) -> None:
         raise ValueError(f"patch {patch} is larger than the image ({size[0]}x{size[1]}); use a patch <= the image size")
 
 
-def mode(value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+def mode(value: Any, allowed: tuple[str, ...], name: str = "mode") -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,43 +12,29 @@ import torch
 from torch import nn
 
 from krypton import _validate
-from krypton.capture import CaptureError, Graph, capture
+from krypton.capture import Graph
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
 from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, threshold
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
-from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
-from krypton.modes.naive import run_naive
+from krypton.modes.exact import auto_batch, plan_for
 from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
 from krypton.modes.quality import ssim
+from krypton.pipeline import PATHS, RunStats, evaluate, graph_for, guarded_call
 
 MODES = ("naive", "exact", "approximate")
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
-_GRAPHS: dict[tuple, Graph] = {}
-_CAPTURE_LOCK = threading.RLock()
-
-
-def _fingerprint(model: nn.Module, image: torch.Tensor) -> tuple:
-    weights = tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers()))
-    return (id(model), tuple(image.shape), image.dtype, str(image.device), weights)
 
 
 def captured(model: nn.Module, image: torch.Tensor) -> Graph:
-    """The model's graph at this image shape (cached while the weights are unchanged)."""
-    key = _fingerprint(model, image)
-    with _CAPTURE_LOCK:  # torch.export is not thread-safe (web app, several jobs)
-        if key not in _GRAPHS:
-            if len(_GRAPHS) > 8:
-                _GRAPHS.clear()
-            _GRAPHS[key] = capture(model, image)
-        return _GRAPHS[key]
+    """The model's graph at this image shape (memory, then on-disk cache, then a capture)."""
+    return graph_for(model, image).graph
 
 
 def _clean_output(model: Callable, image: torch.Tensor) -> torch.Tensor:
     try:
-        with torch.no_grad():
-            out = model(image)
+        out = guarded_call(model, image)
     except Exception as exc:  # the model rejected the input: say so at the API level
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"image of shape {tuple(image.shape)} does not fit the model: {first}") from None
@@ -85,6 +69,7 @@ def explain(
     progress: bool = False,
     on_update: OnUpdate | None = None,
     compare_exact: bool = False,
+    path: str = "auto",
 ) -> Explanation:
     """Occlusion-based explanation of `model`'s output for `image`.
 
@@ -93,11 +78,14 @@ def explain(
     probability. Modes: "naive" (full re-inference), "exact" (incremental inference, same numbers),
     "approximate" (projective-field threshold `tau`, default 0.7, and/or adaptive `drilldown`).
     `on_update` receives progressive maps (coarse first); `compare_exact` also runs exact mode and
-    records the SSIM of this map against it in `stats`.
+    records the SSIM of this map against it in `stats`. `path` = "auto" runs whichever of incremental
+    and full inference measures faster (recorded in `stats["path"]` and `stats["reason"]`);
+    "incremental" insists on the engine, "naive" forbids it.
     """
     patch = _validate.pair("patch", patch)
     stride = _validate.pair("stride", stride)
     mode = _validate.mode(mode, MODES)
+    path = _validate.mode(path, PATHS, name="path")
     batch_size = _validate.positive_int("batch_size", batch_size)
     tau, settings = _approximation(mode, tau, drilldown)
     image = _validate.image(image)
@@ -116,6 +104,7 @@ def explain(
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < base.numel():
         raise ValueError(f"target must be an int class index in [0, {base.numel()}), got {target!r}")
     job = _Job(model, image, patch, stride, fill_t, int(target), mode, tau, batch_size, progress, on_update)
+    job.path, job.clean = path, base[None]
     started = time.perf_counter()
     outputs, stats, drilled = job.run(settings)
     stats["wall_time_s"] = time.perf_counter() - started
@@ -133,7 +122,9 @@ def explain(
         drilled=None if drilled is None else torch.from_numpy(drilled),
     )
     if compare_exact:
-        exact = explain(model, image, target=target, patch=patch, stride=stride, fill=fill_t, batch_size=batch_size)
+        exact = explain(
+            model, image, target=target, patch=patch, stride=stride, fill=fill_t, batch_size=batch_size, path=path
+        )
         stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
         stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
     return result
@@ -159,6 +150,7 @@ class _Job:
         self.model, self.image, self.patch, self.stride, self.fill = model, image, patch, stride, fill
         self.target, self.mode, self.tau, self.batch_size = target, mode, tau, batch_size
         self.progress, self.on_update = progress, on_update
+        self.path, self.clean = "auto", None
         self.fine, self.positions = grid_occlusions(image, patch, stride, fill)
         self.grid = tuple(self.positions.shape[:2])
         self.started = time.perf_counter()
@@ -166,8 +158,7 @@ class _Job:
     def run(self, settings: Drilldown | None) -> tuple[torch.Tensor, dict[str, Any], np.ndarray | None]:
         if settings is None:
             outputs, stats = self.evaluate(self.fine, self._reporter(np.zeros(self.grid), None))
-            stats.update(self._settings(None))
-            return outputs, stats, None
+            return outputs, {**stats.as_dict(), **self._settings(None)}, None
         s1 = coarse_stride(settings, self.stride)
         coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
         stage1, stats1 = self.evaluate(coarse, None)
@@ -175,34 +166,28 @@ class _Job:
         estimate = interpolated[..., self.target]
         self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
         stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
-        per_position = self._naive_macs_per_position(stats1, coarse.count)
-        naive = per_position * self.fine.count
-        spent = stats1.get("flops", per_position * coarse.count) + stats2.get("flops", per_position * len(rows))
-        stats = {
-            "mode": stats2["mode"],
-            "requested_mode": "approximate",
-            "batch_size": stats2["batch_size"],
-            "flops_naive": naive,
-            "flops": spent,
-            "theoretical_speedup": naive / max(1, spent),
-            "fallbacks": stats2.get("fallbacks", []),
-            "coarse_positions": coarse.count,
-            "drilled_positions": int(len(rows)),
-        }
-        stats.update(self._settings(settings))
+        stats = RunStats(
+            requested_mode="approximate",
+            mode=stats2.mode,
+            path=stats1.path if stats1.path == stats2.path else f"{stats1.path}, then {stats2.path}",
+            reason=f"coarse pass: {stats1.reason}; drill-down: {stats2.reason}",
+            positions=self.fine.count,
+            batch_size=stats2.batch_size,
+            incremental_positions=stats1.incremental_positions + stats2.incremental_positions,
+            naive_positions=stats1.naive_positions + stats2.naive_positions,
+            naive_layout=stats2.naive_layout or stats1.naive_layout,
+            graph_source=stats1.graph_source,
+            capture_s=stats1.capture_s,
+            fallbacks=stats2.fallbacks,
+        )
+        if stats1.macs is not None and stats2.macs is not None and stats1.macs_naive is not None:
+            stats.macs = stats1.macs + stats2.macs
+            stats.macs_naive = stats1.macs_naive / coarse.count * self.fine.count
+        info = {**stats.as_dict(), **self._settings(settings)}
+        info.update(coarse_positions=coarse.count, drilled_positions=int(len(rows)))
         drilled = np.zeros(self.fine.count, dtype=bool)
         drilled[rows] = True
-        return combine(interpolated, rows, stage2), stats, drilled.reshape(self.grid)
-
-    def _naive_macs_per_position(self, stats: dict[str, Any], count: int) -> float:
-        """MACs of one full forward pass: from a run's stats, else counted on the captured graph."""
-        if "flops_naive" in stats:
-            return stats["flops_naive"] / count
-        try:
-            graph = captured(self.model, self.image)
-        except CaptureError:  # naive fallback for an uncapturable model: no MAC count to give
-            return float("nan")
-        return plan_for(graph, subset(self.fine, np.arange(1))).naive_macs()
+        return combine(interpolated, rows, stage2), info, drilled.reshape(self.grid)
 
     def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
@@ -211,50 +196,25 @@ class _Job:
                                  "coarse_stride": coarse_stride(settings, self.stride)}
         return info
 
-    def evaluate(self, occ: Occlusions, report: Callable | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def evaluate(self, occ: Occlusions, report: Callable | None) -> tuple[torch.Tensor, RunStats]:
+        """One set of occlusions through the run pipeline, with a progress bar if asked."""
         bar, update = _progress_bar(self.progress, occ.count, self.mode)
         try:
-            if self.mode != "naive":
-                try:
-                    return self._incremental(occ, update, report)
-                except CaptureError as exc:
-                    warnings.warn(f"krypton: {exc}; using naive mode", RuntimeWarning, stacklevel=4)
-                    if bar is not None:
-                        bar.reset()
-            order = _progressive_order(occ) if report is not None else None
-            outputs = run_naive(self.model, occ, self.batch_size, update, order, report)
-            return outputs, {"mode": "naive", "requested_mode": self.mode, "batch_size": self.batch_size or 16}
+            return evaluate(
+                self.model,
+                occ,
+                mode=self.mode,
+                tau=self.tau,
+                batch_size=self.batch_size,
+                path=self.path,
+                progress=update,
+                on_batch=report,
+                levels=_grid_levels(occ) if report is not None else None,
+                clean=self.clean,
+            )
         finally:
             if bar is not None:
                 bar.close()
-
-    def _incremental(self, occ: Occlusions, update: Callable | None, report: Callable | None):
-        graph = captured(self.model, self.image)
-        try:
-            plan = plan_for(graph, occ, threshold(self.tau))
-            size = self.batch_size or auto_batch(plan)
-            groups = _progressive_groups(plan, occ, size) if report is not None else None
-            result = run_exact(graph, occ, plan, size, update, groups, report)
-            exact_outputs = result.outputs if self.tau >= 1 else None
-            if exact_outputs is None:  # approximations differ from naive by design: check the engine on 2 positions
-                probe = Occlusions(occ.image, occ.lo[[0, -1]], occ.hi[[0, -1]], occ.patch, occ.baseline)
-                exact_outputs, occ = run_exact(graph, probe, batch_size=2).outputs, probe
-        except Exception as exc:  # an op the engine could not batch: still answer, correctly
-            raise CaptureError(f"incremental inference failed ({exc})") from exc
-        if not self_check(self.model, occ, exact_outputs):
-            raise CaptureError("incremental results failed the self-check")
-        naive = plan.naive_macs() * result.outputs.shape[0]
-        spent = result.macs + plan.untouched_macs
-        stats = {
-            "mode": self.mode,
-            "requested_mode": self.mode,
-            "batch_size": result.batch_size,
-            "flops_naive": naive,
-            "flops": spent,
-            "theoretical_speedup": naive / max(1, spent),
-            "fallbacks": plan.fallbacks,
-        }
-        return result.outputs, stats
 
     def _reporter(self, estimate: np.ndarray, rows: np.ndarray | None):
         """A callback turning partial outputs into an `Update` of the whole fine-grid map.
@@ -284,26 +244,12 @@ class _Job:
             self.on_update(Update(heat, torch.from_numpy(known.copy()), done, total, elapsed))
 
 
-def _progressive_order(occ: Occlusions) -> np.ndarray | None:
-    """Positions ordered coarse levels first (None when the occlusions are not a full grid)."""
+def _grid_levels(occ: Occlusions) -> np.ndarray | None:
+    """Visiting levels of a full grid of positions (coarse cells first); None off-grid."""
     ys, xs = np.unique(occ.lo[:, 1]), np.unique(occ.lo[:, 2])
     if len(ys) * len(xs) != occ.count:
         return None
-    return np.argsort(levels((len(ys), len(xs))), kind="stable")
-
-
-def _progressive_groups(plan: Plan, occ: Occlusions, batch_size: int) -> list[np.ndarray]:
-    """Batches visiting coarse levels of the grid first (falls back to plain order off-grid)."""
-    ys, xs = np.unique(occ.lo[:, 1]), np.unique(occ.lo[:, 2])
-    if len(ys) * len(xs) != occ.count:
-        return batches(plan, batch_size)
-    level = levels((len(ys), len(xs)))
-    groups: list[np.ndarray] = []
-    for lvl in range(4):
-        members = np.nonzero(level == lvl)[0]
-        if len(members):
-            groups += batches(plan, batch_size, members)
-    return groups
+    return levels((len(ys), len(xs))).reshape(-1)
 
 
 @dataclass

@@ -11,7 +11,6 @@ training mode -- is evaluated in full, batched exactly as Captum batches it.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +18,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from krypton.api import captured
-from krypton.engine.plan import Plan
-from krypton.modes.exact import MEMORY_BUDGET, auto_batch, plan_for, run_exact, self_check
 from krypton.modes.occlusions import Occlusions
+from krypton.pipeline import PATHS, evaluate
 
 Target = None | int | tuple | list | Tensor
+
+try:  # with Captum installed the drop-in *is* a Captum attribution (NoiseTunnel and other wrappers take it)
+    from captum.attr._utils.attribution import PerturbationAttribution as _Base
+except ImportError:  # Captum is optional: the same interface without it
+
+    class _Base:  # type: ignore[no-redef]
+        def __init__(self, forward_func: Callable[..., Any]) -> None:
+            self.forward_func = forward_func
+
+        @property
+        def multiplies_by_inputs(self) -> bool:
+            return False
+
+        def has_convergence_delta(self) -> bool:
+            return False
+
+        @classmethod
+        def get_name(cls) -> str:
+            return cls.__name__
 
 
 class OcclusionArgumentError(ValueError):
@@ -54,9 +70,9 @@ def _is_int(value: Any) -> bool:
 def _format_inputs(inputs: Any) -> tuple[Tensor, ...]:
     xs = inputs if isinstance(inputs, tuple) else (inputs,)
     _check(
-        len(xs) > 0 and all(isinstance(x, Tensor) and x.dim() >= 2 for x in xs),
-        "inputs must be a torch.Tensor or a tuple of torch.Tensor, each with a batch axis and at least one "
-        f"more axis, got {_describe(inputs)}",
+        len(xs) > 0 and all(isinstance(x, Tensor) and x.dim() >= 1 for x in xs),
+        "inputs must be a torch.Tensor or a tuple of torch.Tensor, each with a batch axis, "
+        f"got {_describe(inputs)}",
     )
     return xs
 
@@ -70,8 +86,8 @@ def _describe(value: Any) -> str:
 
 
 def _format_windows(shapes: Any, xs: tuple[Tensor, ...]) -> list[tuple[int, ...]]:
-    _check(isinstance(shapes, tuple) and len(shapes) > 0, f"sliding_window_shapes must be a tuple, got {shapes!r}")
-    if _is_int(shapes[0]):
+    _check(isinstance(shapes, tuple), f"sliding_window_shapes must be a tuple, got {shapes!r}")
+    if len(shapes) == 0 or _is_int(shapes[0]):  # one input; () is the window of a per-example scalar
         shapes = (shapes,)
     _check(
         len(shapes) == len(xs),
@@ -153,6 +169,8 @@ def _grid(body: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...
 def _boxes(starts: list[np.ndarray], window: tuple[int, ...], body: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(P, D) half-open boxes, border windows cropped, in Captum's order (first axis fastest): a model
     whose output depends on the batch (batch norm in training mode) sees the very same batches."""
+    if not starts:  # a per-example scalar: one window, the element itself
+        return np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.int64)
     lo = np.stack([g.ravel(order="F") for g in np.meshgrid(*starts, indexing="ij")], axis=-1)
     return lo, np.minimum(lo + np.asarray(window), np.asarray(body))
 
@@ -226,13 +244,27 @@ def _spread(diff: Tensor, starts: list[np.ndarray], window: tuple[int, ...], bod
     return total, count
 
 
-class Occlusion:
-    """Drop-in for `captum.attr.Occlusion` whose attributions are computed by incremental inference."""
+def _unwrapped(method: Callable) -> Callable:
+    """Captum's wrappers call `attribute.__wrapped__` (their logging decorator's undecorated function)."""
+    method.__wrapped__ = method  # type: ignore[attr-defined]
+    return method
 
-    def __init__(self, forward_func: Callable[..., Any]) -> None:
-        self.forward_func = forward_func
-        self.stats: dict[str, Any] = {}  # after `attribute`: mode ("exact" or "naive"), positions, batch_size
 
+class Occlusion(_Base):
+    """Drop-in for `captum.attr.Occlusion` whose attributions are computed by incremental inference.
+
+    A Captum `Attribution` when Captum is installed (`NoiseTunnel(Occlusion(model))` works), with its
+    `get_name`, `has_convergence_delta` and `multiplies_by_inputs` (both False, as Captum's Occlusion).
+    """
+
+    def __init__(self, forward_func: Callable[..., Any], *, path: str = "auto") -> None:
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
+        _Base.__init__(self, forward_func)
+        self.path = path  # "auto": incremental or full inference, whichever measures faster
+        self.stats: dict[str, Any] = {}  # after `attribute`: the run pipeline's record (mode, path, reason, ...)
+
+    @_unwrapped
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -261,12 +293,13 @@ class Occlusion:
             raw = _as_tensor(self.forward_func(*xs, *(args or ())))
             clean = _select(raw, target).reshape(1, -1)
             total = sum(len(lo) for lo, _ in boxes) * xs[0].shape[0]
-            bar = _bar(show_progress, total)
+            bar = _bar(show_progress, total + 1)  # +1: the clean evaluation, counted as Captum counts it
+            if bar is not None:
+                bar.update(1)
             try:
-                diffs = None
                 if self._capturable(xs, args, raw):
-                    diffs = self._exact(xs[0], fills[0], boxes[0], raw, clean, target, ppe, bar)
-                if diffs is None:
+                    diffs = self._exact(xs[0], fills[0], boxes[0], raw, clean, target, bar)
+                else:
                     diffs = self._naive(xs, fills, boxes, args, clean, target, ppe, bar)
             finally:
                 if bar is not None:
@@ -277,6 +310,10 @@ class Occlusion:
                 attrs.append((summed / count).float().to(x.device))
         return tuple(attrs) if isinstance(inputs, tuple) else attrs[0]
 
+    def attribute_future(self, *args: Any, **kwargs: Any) -> None:
+        """Not implemented, as in Captum's Occlusion (which raises the same error)."""
+        raise NotImplementedError("attribute_future is not implemented for Occlusion")
+
     def _capturable(self, xs: tuple[Tensor, ...], args: Any, raw: Tensor) -> bool:
         model = self.forward_func
         return (
@@ -285,30 +322,23 @@ class Occlusion:
             and len(xs) == 1
             and args is None
             and xs[0].is_floating_point()
+            and xs[0].dim() >= 2  # a per-example scalar has no window to recompute incrementally
             and raw.dim() == 2
             and raw.shape[0] == xs[0].shape[0]
         )
 
-    def _exact(self, x, fill, box, raw, clean, target, ppe, bar) -> list[Tensor] | None:
-        """(P, n_out) drops by incremental inference, one example at a time; None if the engine cannot."""
-        model = self.forward_func
+    def _exact(self, x, fill, box, raw, clean, target, bar) -> list[Tensor]:
+        """(P, n_out) drops through the run pipeline (incremental or full inference, as measured), per example."""
         lo, hi = box
         n, count = x.shape[0], len(lo)
-        try:
-            graph = captured(model, x[:1])
-            plan = plan_for(graph, Occlusions(x[:1], lo, hi, baseline=fill[:1]))
-            batch = _batch_size(plan, ppe * n)
-            outputs = []
-            for i in range(n):
-                occ = Occlusions(x[i : i + 1], lo, hi, baseline=fill[i : i + 1])
-                out = run_exact(graph, occ, plan, batch, bar.update if bar is not None else None).outputs
-                if not self_check(model, occ, out):
-                    return _reset(bar)  # self_check has warned
-                outputs.append(out)
-        except Exception as exc:  # capture failed, or an op the engine cannot batch: still answer, correctly
-            warnings.warn(f"krypton: {exc}; evaluating every occlusion in full", RuntimeWarning, stacklevel=3)
-            return _reset(bar)
-        self.stats = {"mode": "exact", "positions": count, "batch_size": batch}
+        outputs = []
+        for i in range(n):
+            occ = Occlusions(x[i : i + 1], lo, hi, baseline=fill[i : i + 1])
+            progress = bar.update if bar is not None else None
+            out, stats = evaluate(self.forward_func, occ, mode="exact", path=self.path, progress=progress,
+                                  clean=raw[i : i + 1])
+            outputs.append(out)
+        self.stats = {**stats.as_dict(), "positions": count, "examples": n}
         occluded = torch.stack(outputs, dim=1).reshape(count * n, -1).to(raw.dtype)
         return [clean - _select(occluded, _repeat(target, count)).reshape(count, -1)]
 
@@ -340,27 +370,12 @@ class Occlusion:
         return [torch.cat(d) for d in drops]
 
 
-def _batch_size(plan: Plan, images: int) -> int:
-    """Positions per incremental batch whose windows take no more memory than `images` whole activations.
-
-    Captum's bound is ppe * N images per forward pass; an incremental position holds only its windows
-    (about a tenth of an image for a 16x16 patch on ResNet18), so the same memory fits more positions.
-    """
-    changed = [step for step in plan.steps if step.primary is not None and step.primary.any()]
-    image_bytes = 4 * sum(int(np.prod(step.body)) for step in changed)
-    return auto_batch(plan, min(MEMORY_BUDGET, images * max(image_bytes, 1)))
-
-
 def _bar(enabled: bool, total: int):
-    """A tqdm bar over occluded evaluations (window positions x examples), with an ETA."""
+    """A tqdm bar over evaluations (the clean one, then window positions x examples), with an ETA."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="pos", desc="krypton Occlusion")
+    return tqdm(total=total, desc="Occlusion attribution")  # Captum's label
 
 
-def _reset(bar) -> None:
-    if bar is not None:
-        bar.reset()
-    return None

@@ -97,6 +97,11 @@ def _shape_of(node: fx.Node) -> Any:
 
 def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     """Export `model` at the example's shape; raise CaptureError with the reason on failure."""
+    return from_program(export_program(model, example))
+
+
+def export_program(model: nn.Module, example: torch.Tensor) -> Any:
+    """`torch.export` + core-ATen decomposition (the ExportedProgram, for the on-disk cache)."""
     model = model.eval()
     noisy = logging.getLogger("torch._subclasses.fake_tensor")
     level = noisy.level
@@ -104,14 +109,21 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (example,), strict=False)
-            program = program.run_decompositions()
-            module = program.module()
+            return torch.export.export(model, (example,), strict=False).run_decompositions()
     except Exception as exc:  # torch.export raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(f"torch.export could not capture the model: {first}") from exc
     finally:
         noisy.setLevel(level)
+
+
+def from_program(program: Any) -> Graph:
+    """The Graph of an exported program (fresh, or loaded from the cache with the live weights bound)."""
+    return graph_of(program.module())
+
+
+def graph_of(module: fx.GraphModule) -> Graph:
+    """Index an (unlifted) exported module: fuse channels-last row linears, bind every call's arguments."""
     _fuse_row_linears(module)
     return _index(module)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,9 @@ import krypton
 from krypton.rules import window as window_rules
 
 from graphs import IMAGE_MODELS, IMAGE_SHAPE
+
+# The engine itself is under test: insist on incremental inference (auto would re-infer these tiny models).
+explain = functools.partial(krypton.explain, path="incremental")
 
 
 def small_cnn() -> nn.Module:
@@ -23,8 +28,8 @@ def small_cnn() -> nn.Module:
 
 def test_explain_exact_equals_naive_and_fills_fields():
     model, image = small_cnn(), torch.randn(3, 20, 17)
-    exact = krypton.explain(model, image, patch=(5, 4), stride=(3, 2), fill=[0.1, 0.2, 0.3])
-    naive = krypton.explain(model, image, patch=(5, 4), stride=(3, 2), fill=[0.1, 0.2, 0.3], mode="naive")
+    exact = explain(model, image, patch=(5, 4), stride=(3, 2), fill=[0.1, 0.2, 0.3])
+    naive = explain(model, image, patch=(5, 4), stride=(3, 2), fill=[0.1, 0.2, 0.3], mode="naive")
     hm, wm = (20 - 5) // 3 + 1, (17 - 4) // 2 + 1
     assert exact.scores.shape == (hm, wm, 4) and exact.heatmap.shape == (hm, wm)
     assert exact.mode == "exact" and naive.mode == "naive"
@@ -35,20 +40,20 @@ def test_explain_exact_equals_naive_and_fills_fields():
     torch.testing.assert_close(exact.heatmap, probs)
     stats = exact.stats
     assert stats["positions"] == hm * wm and stats["wall_time_s"] > 0
-    assert 0 < stats["flops"] < stats["flops_naive"]
+    assert 0 < stats["macs"] < stats["macs_naive"]
 
 
 def test_patch_values_land_where_expected():
     """Occluding with the image's own values changes nothing: the patch is applied at the right place."""
     model = small_cnn()
     image = torch.full((3, 12, 12), 0.25)
-    result = krypton.explain(model, image, patch=4, stride=4, fill=0.25)
+    result = explain(model, image, patch=4, stride=4, fill=0.25)
     torch.testing.assert_close(result.scores, result.base.expand_as(result.scores), rtol=0, atol=1e-5)
 
 
 def test_target_and_heatmap_explicit():
     model, image = small_cnn(), torch.randn(1, 3, 16, 16)
-    result = krypton.explain(model, image, target=2, patch=4, stride=4)
+    result = explain(model, image, target=2, patch=4, stride=4)
     assert result.target == 2
     assert torch.all((result.heatmap >= 0) & (result.heatmap <= 1))
 
@@ -67,8 +72,8 @@ def test_uncapturable_model_warns_and_stays_correct():
 
     model, image = DataDependent().eval(), torch.randn(3, 12, 12).abs()
     with pytest.warns(RuntimeWarning, match="naive"):
-        result = krypton.explain(model, image, patch=4, stride=4)
-    naive = krypton.explain(model, image, patch=4, stride=4, mode="naive")
+        result = explain(model, image, patch=4, stride=4)
+    naive = explain(model, image, patch=4, stride=4, mode="naive")
     assert result.mode == "naive"
     torch.testing.assert_close(result.scores, naive.scores)
 
@@ -83,8 +88,8 @@ def test_self_check_catches_a_wrong_rule(monkeypatch):
     monkeypatch.setattr(window_rules.Convolution, "compute", broken)
     model, image = small_cnn(), torch.randn(3, 16, 16)
     with pytest.warns(RuntimeWarning, match="differ"):
-        result = krypton.explain(model, image, patch=4, stride=4)
-    naive = krypton.explain(model, image, patch=4, stride=4, mode="naive")
+        result = explain(model, image, patch=4, stride=4)
+    naive = explain(model, image, patch=4, stride=4, mode="naive")
     assert result.mode == "naive"
     torch.testing.assert_close(result.scores, naive.scores)
 
@@ -101,10 +106,10 @@ def test_analyze_reports_per_op_and_speedup():
 
 def test_analyze_matches_execution_macs():
     model, image = small_cnn(), torch.randn(3, 24, 24)
-    result = krypton.explain(model, image, patch=6, stride=3, batch_size=8)
+    result = explain(model, image, patch=6, stride=3, batch_size=8)
     analysis = krypton.analyze(model, (3, 24, 24), patch=6, stride=3, batch_size=8)
-    assert result.stats["flops_naive"] == analysis.naive_macs * result.stats["positions"]
-    np.testing.assert_allclose(result.stats["flops"], analysis.incremental_macs * result.stats["positions"])
+    assert result.stats["macs_naive"] == analysis.naive_macs * result.stats["positions"]
+    np.testing.assert_allclose(result.stats["macs"], analysis.incremental_macs * result.stats["positions"])
 
 
 @pytest.mark.parametrize(
@@ -124,7 +129,7 @@ def test_analyze_matches_execution_macs():
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        krypton.explain(small_cnn(), torch.randn(3, 16, 16), **kwargs)
+        explain(small_cnn(), torch.randn(3, 16, 16), **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -139,13 +144,13 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 )
 def test_bad_images_raise_value_error(image, match):
     with pytest.raises(ValueError, match=match):
-        krypton.explain(small_cnn(), image, patch=4)
+        explain(small_cnn(), image, patch=4)
 
 
 def test_model_without_class_scores_is_rejected():
     model = nn.Sequential(nn.Conv2d(3, 2, 3)).eval()
     with pytest.raises(ValueError, match=r"\(B, K\)"):
-        krypton.explain(model, torch.randn(3, 16, 16), patch=4)
+        explain(model, torch.randn(3, 16, 16), patch=4)
 
 
 def test_ops_without_tensor_outputs_are_ignored():
@@ -159,7 +164,7 @@ def test_ops_without_tensor_outputs_are_ignored():
             return self.net(x)
 
     model, image = Checked().eval(), torch.randn(3, 16, 16)
-    result = krypton.explain(model, image, patch=4, stride=4)
-    naive = krypton.explain(model, image, patch=4, stride=4, mode="naive")
+    result = explain(model, image, patch=4, stride=4)
+    naive = explain(model, image, patch=4, stride=4, mode="naive")
     assert result.mode == "exact"
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,9 @@ import krypton
 from krypton.modes.approximate import upsample
 
 from helpers import condition
+
+# The engine itself is under test: insist on incremental inference (auto would re-infer these tiny models).
+explain = functools.partial(krypton.explain, path="incremental")
 
 
 def model_and_image(size: int = 48):
@@ -26,16 +31,16 @@ def model_and_image(size: int = 48):
 
 def test_tau_one_is_exact():
     model, image = model_and_image()
-    exact = krypton.explain(model, image, patch=8, stride=4)
-    approx = krypton.explain(model, image, patch=8, stride=4, mode="approximate", tau=1.0)
+    exact = explain(model, image, patch=8, stride=4)
+    approx = explain(model, image, patch=8, stride=4, mode="approximate", tau=1.0)
     torch.testing.assert_close(approx.scores, exact.scores, rtol=0, atol=0)
     assert approx.stats["tau"] == 1.0
 
 
 def test_drilldown_with_full_fraction_is_exact_at_fine_stride():
     model, image = model_and_image()
-    exact = krypton.explain(model, image, patch=8, stride=4)
-    drilled = krypton.explain(
+    exact = explain(model, image, patch=8, stride=4)
+    drilled = explain(
         model, image, patch=8, stride=4, mode="approximate", tau=1.0,
         drilldown={"fraction": 1.0, "coarse_stride": 12},
     )
@@ -46,8 +51,8 @@ def test_drilldown_with_full_fraction_is_exact_at_fine_stride():
 
 def test_drilldown_keeps_fine_values_where_drilled_and_coarse_elsewhere():
     model, image = model_and_image()
-    exact = krypton.explain(model, image, patch=8, stride=4)
-    approx = krypton.explain(
+    exact = explain(model, image, patch=8, stride=4)
+    approx = explain(
         model, image, patch=8, stride=4, mode="approximate", tau=1.0, drilldown={"fraction": 0.3, "speedup": 2.0}
     )
     mask = approx.drilled
@@ -92,8 +97,8 @@ def test_threshold_cuts_boxes_around_their_centre():
 def test_progressive_updates_end_with_the_same_map():
     model, image = model_and_image()
     updates: list[krypton.Update] = []
-    final = krypton.explain(model, image, patch=8, stride=2, on_update=updates.append, batch_size=8)
-    plain = krypton.explain(model, image, patch=8, stride=2, batch_size=8)
+    final = explain(model, image, patch=8, stride=2, on_update=updates.append, batch_size=8)
+    plain = explain(model, image, patch=8, stride=2, batch_size=8)
     assert len(updates) >= 3
     first, last = updates[0], updates[-1]
     assert first.done < first.total and first.heatmap.shape == plain.heatmap.shape
@@ -107,14 +112,14 @@ def test_progressive_updates_end_with_the_same_map():
 def test_progressive_drilldown_sends_the_coarse_map_first():
     model, image = model_and_image()
     updates: list[krypton.Update] = []
-    krypton.explain(model, image, patch=8, stride=4, mode="approximate", drilldown=True, on_update=updates.append)
+    explain(model, image, patch=8, stride=4, mode="approximate", drilldown=True, on_update=updates.append)
     assert updates[0].done == 0 and not bool(updates[0].computed.any())
     assert updates[-1].final
 
 
 def test_stats_record_settings_and_ssim():
     model, image = model_and_image()
-    result = krypton.explain(
+    result = explain(
         model, image, patch=8, stride=4, mode="approximate", tau=0.6, drilldown={"fraction": 0.5, "speedup": 1.5},
         compare_exact=True,
     )
@@ -172,7 +177,7 @@ def test_drilldown_for_turns_speedup_into_settings():
 def test_bad_approximation_settings(kwargs, match):
     model, image = model_and_image(24)
     with pytest.raises(ValueError, match=match):
-        krypton.explain(model, image, patch=8, stride=4, **kwargs)
+        explain(model, image, patch=8, stride=4, **kwargs)
 
 
 def test_tune_rejects_bad_arguments():
@@ -186,7 +191,7 @@ def test_tune_rejects_bad_arguments():
 def test_naive_mode_streams_updates_too():
     model, image = model_and_image()
     updates: list[krypton.Update] = []
-    result = krypton.explain(model, image, patch=8, stride=2, mode="naive", on_update=updates.append, batch_size=8)
+    result = explain(model, image, patch=8, stride=2, mode="naive", on_update=updates.append, batch_size=8)
     assert len(updates) >= 3 and updates[0].done < updates[0].total and updates[-1].final
     torch.testing.assert_close(updates[-1].heatmap, result.heatmap, rtol=1e-5, atol=1e-6)
 

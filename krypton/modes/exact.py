@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,21 +65,25 @@ def run_exact(
     groups: list[np.ndarray] | None = None,
     on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
     tail_batch: int | None = None,
+    collector: Collector | None = None,
+    base: dict | None = None,
 ) -> ExactResult:
     """Outputs for every occlusion by incremental inference, in the occlusions' order.
 
     `groups` (lists of position indices, in visiting order) overrides the planner's batching;
     `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
     The plan's shared tail runs on up to `tail_batch` positions at once (several batches' heads);
-    with `on_batch` it runs per batch, so partial results arrive as soon as possible.
+    with `on_batch` it runs per batch, so partial results arrive as soon as possible. A `collector`
+    (shared with other runs over the same occlusions) and the clean pass `base` may be passed in.
     """
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
-    base = materialize(graph, occlusions.image)
+    base = base if base is not None else materialize(graph, occlusions.image)
     groups = groups if groups is not None else batches(plan, batch_size)
     runner = IncrementalRunner(plan, base, occlusions.image_delta(), groups)
-    tail_batch = 1 if on_batch is not None else tail_batch or auto_tail_batch(runner)
-    collector = Collector(occlusions.count, progress, on_batch)
+    live = on_batch is not None or (collector is not None and collector.on_batch is not None)
+    tail_batch = 1 if live else tail_batch or auto_tail_batch(runner)
+    collector = collector or Collector(occlusions.count, progress, on_batch)
     macs = 0
     heads: list[list[torch.Tensor]] = []
     pending: list[np.ndarray] = []
@@ -109,21 +112,16 @@ def run_exact(
 
 
 def self_check(
-    model: Callable, occlusions: Occlusions, outputs: torch.Tensor, samples: int = 2
-) -> bool:
-    """Re-run a few positions in full; False (with a warning) if incremental results disagree."""
-    index = np.unique(np.linspace(0, occlusions.count - 1, samples).astype(np.int64))
-    with torch.no_grad():
-        reference = model(occlusions.materialize(index))
+    model: Callable, occlusions: Occlusions, outputs: torch.Tensor, among: np.ndarray | None = None, samples: int = 2
+) -> float | None:
+    """Re-run a few positions (of `among`, default all) in full: None if they agree, else the worst difference."""
+    among = np.arange(occlusions.count) if among is None else np.asarray(among)
+    if not len(among):
+        return None
+    index = np.unique(among[np.linspace(0, len(among) - 1, samples).astype(np.int64)])
+    reference = model(occlusions.materialize(index))
     got = outputs[torch.from_numpy(index).to(outputs.device)]
     scale = float(reference.abs().max()) + 1e-6
-    ok = torch.allclose(got, reference, rtol=1e-3, atol=1e-4 * scale)
-    if not ok:
-        worst = float((got - reference).abs().max())
-        warnings.warn(
-            f"krypton: incremental results differ from full inference by {worst:.3g}; "
-            "falling back to naive mode for this model",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return ok
+    if torch.allclose(got, reference, rtol=1e-3, atol=1e-4 * scale):
+        return None
+    return float((got - reference).abs().max())

@@ -75,15 +75,24 @@ class Collector:
     def __init__(self, count: int, progress: Progress | None = None, on_batch: Callable | None = None):
         self.count, self.progress, self.on_batch = count, progress, on_batch
         self.outputs: torch.Tensor | None = None
+        self.done = np.zeros(count, dtype=bool)  # positions whose outputs are in
 
     def add(self, index: np.ndarray, out: torch.Tensor) -> None:
         if self.outputs is None:
             self.outputs = out.new_empty((self.count,) + tuple(out.shape[1:]))
-        self.outputs[torch.from_numpy(index).to(out.device)] = out
+        self.outputs[torch.from_numpy(index).to(self.outputs.device)] = out.to(self.outputs.dtype)
+        self.done[index] = True
         if self.progress:
             self.progress(len(index))
         if self.on_batch:
             self.on_batch(index, self.outputs)
+
+    def forget(self, index: np.ndarray) -> None:
+        """Mark positions as not done (their outputs are to be recomputed); progress counts back."""
+        index = index[self.done[index]]
+        self.done[index] = False
+        if self.progress and len(index):
+            self.progress(-len(index))
 
     def result(self) -> torch.Tensor:
         if self.outputs is None:

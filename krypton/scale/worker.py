@@ -88,12 +88,12 @@ class Explainer:
             return 0.0
         import torch
 
-        from krypton.api import captured
+        from krypton.pipeline import graph_for
 
         started = time.perf_counter()
         pre = self.loaded.preprocess
         try:
-            captured(self.loaded.module, torch.zeros(1, pre.channels, *pre.size))
+            graph_for(self.loaded.module, torch.zeros(1, pre.channels, *pre.size))
         except Exception:  # a model the engine cannot capture: explain() falls back and says so per image
             pass
         return time.perf_counter() - started

@@ -14,7 +14,6 @@ import binascii
 import io
 import json
 import math
-import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -104,8 +103,7 @@ def create_app(
     max_pixels: int = uploads.MAX_PIXELS,
 ) -> FastAPI:
     """The app. `catalog` maps names to demos (default: the bundled ones); `workers` jobs run at once."""
-    lock = threading.Lock()
-    ctx = Context(Models(catalog if catalog is not None else default_catalog()), Pictures(), Estimator(lock), lock)
+    ctx = Context(Models(catalog if catalog is not None else default_catalog()), Pictures(), Estimator())
     jobs = JobQueue(lambda job: run(job, ctx), workers=workers, max_waiting=max_waiting)
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ from krypton.io.images import read_image
 from krypton.models.demos import DEMOS, Demo, DemoImage, package_dir
 from krypton.models.errors import ModelError
 from krypton.models.spec import LoadedModel
+from krypton.pipeline import guarded_call
 from krypton.web.jobs import NotFound
 
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer's label order
@@ -142,8 +143,7 @@ class Pictures:
 
 def predict(model: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """(K,) outputs of the model on one (C, H, W) input."""
-    with torch.no_grad():
-        out = model(tensor[None])
+    out = guarded_call(model, tensor[None])  # never traced into a capture running in another thread
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelError("the model must map (B, C, H, W) images to (B, K) outputs")
     return out[0].detach().cpu()

@@ -19,14 +19,15 @@ import krypton
 from krypton.api import DEFAULT_TAU
 from krypton.models.spec import LoadedModel
 from krypton.modes.approximate import Drilldown, coarse_stride
-from krypton.web.sweep import NAIVE_BATCH, Region, count_positions
+from krypton.pipeline import guarded_call
+from krypton.pipeline.fastest_naive import DEFAULT_BATCH
+from krypton.web.sweep import Region, count_positions
 
 
 class Estimator:
     """Caches the calibration (per model) and the analyses (per model, shape, patch, stride, tau)."""
 
-    def __init__(self, capture_lock: threading.Lock) -> None:
-        self.capture_lock = capture_lock
+    def __init__(self) -> None:
         self._forward: dict[str, float] = {}
         self._analyses: dict[tuple, krypton.Analysis] = {}
         self._correction: dict[tuple[str, str], tuple[float, int]] = {}
@@ -41,18 +42,18 @@ class Estimator:
         if name not in self._forward:
             with torch.no_grad():
                 one = self._best(loaded, tensor[None], 2)
-                size = NAIVE_BATCH if one * NAIVE_BATCH < 2.0 else 2
+                size = DEFAULT_BATCH if one * DEFAULT_BATCH < 2.0 else 2
                 batch = tensor[None].expand(size, *tensor.shape).contiguous()
                 self._forward[name] = self._best(loaded, batch, 3) / size
         return self._forward[name]
 
     @staticmethod
     def _best(loaded: LoadedModel, batch: torch.Tensor, repeats: int) -> float:
-        loaded.module(batch)
+        guarded_call(loaded.module, batch)  # shares the model with captures and jobs safely
         best = math.inf
         for _ in range(repeats):
             started = time.perf_counter()
-            loaded.module(batch)
+            guarded_call(loaded.module, batch)
             best = min(best, time.perf_counter() - started)
             if best > 2.0:
                 break
@@ -73,13 +74,10 @@ class Estimator:
         if key not in self._analyses:
             if cached_only:
                 return None
-            with self.capture_lock:  # analyze captures the graph; torch.export is not thread-safe
-                try:
-                    self._analyses[key] = krypton.analyze(
-                        loaded.module, tuple(shape), patch=patch, stride=stride, tau=tau
-                    )
-                except Exception as exc:  # remembered, and raised again below
-                    self._analyses[key] = exc
+            try:  # analyze captures the graph under the pipeline's guard (never racing a model call)
+                self._analyses[key] = krypton.analyze(loaded.module, tuple(shape), patch=patch, stride=stride, tau=tau)
+            except Exception as exc:  # remembered, and raised again below
+                self._analyses[key] = exc
         found = self._analyses[key]
         if isinstance(found, Exception):
             raise found

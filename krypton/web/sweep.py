@@ -9,7 +9,6 @@ incremental executor (or full re-inference in naive mode, which `explain` does n
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,14 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from krypton.api import captured
-from krypton.engine.plan import batches
 from krypton.explanation import Explanation
-from krypton.modes.approximate import threshold
 from krypton.modes.drilldown import subset
-from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
 from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import Update, fill_missing, levels
+from krypton.pipeline import evaluate, guarded_call
 
 NAIVE_BATCH = 16
 
@@ -94,11 +90,10 @@ def sweep(
     width = positions.shape[1]
     chosen = (rows[:, None] * width + cols[None, :]).reshape(-1)
     part = subset(occ, chosen)
-    with torch.no_grad():
-        base = model(image)[0].detach()
+    base = guarded_call(model, image)[0].detach()
     progress = _Progress(grid, target, on_update)
     started = time.perf_counter()
-    outputs, stats = _evaluate(model, image, part, grid, mode, tau, progress)
+    outputs, stats = _evaluate(model, part, grid, mode, tau, progress)
     stats.update(
         wall_time_s=time.perf_counter() - started,
         positions=part.count,
@@ -143,51 +138,14 @@ class _Progress:
             )
 
 
-def _evaluate(model, image, part: Occlusions, grid, mode: str, tau: float, progress: _Progress):
-    order = np.argsort(levels(grid), kind="stable")  # every 8th cell first, then 4th, 2nd, the rest
-    if mode != "naive":
-        try:
-            return _incremental(model, image, part, grid, tau, progress)
-        except _Fallback as exc:
-            warnings.warn(f"krypton: {exc}; using naive mode", RuntimeWarning, stacklevel=2)
-    outputs = None
-    for first in range(0, part.count, NAIVE_BATCH):
-        index = order[first : first + NAIVE_BATCH]
-        with torch.no_grad():
-            out = model(part.materialize(index))
-        if outputs is None:
-            outputs = out.new_empty((part.count,) + tuple(out.shape[1:]))
-        outputs[torch.from_numpy(index)] = out
-        progress(index, out)
-    assert outputs is not None
-    return outputs, {"mode": "naive", "requested_mode": mode, "theoretical_speedup": 1.0}
-
-
-class _Fallback(Exception):
-    """The incremental engine could not run this model; naive mode answers instead."""
-
-
-def _incremental(model, image, part: Occlusions, grid, tau: float, progress: _Progress):
-    try:
-        graph = captured(model, image)
-        plan = plan_for(graph, part, threshold(tau))
-        size = auto_batch(plan)
-        level = levels(grid)
-        groups = [b for lvl in range(4) for b in batches(plan, size, np.nonzero(level == lvl)[0])]
-    except Exception as exc:  # capture or planning failed: an op the engine does not know
-        raise _Fallback(f"incremental inference is not available for this model ({exc})") from exc
-    result = run_exact(graph, part, plan, size, groups=groups, on_batch=lambda index, out: progress(index, out[index]))
-    if tau >= 1 and not self_check(model, part, result.outputs):
-        raise _Fallback("incremental results failed the self-check")
-    naive = plan.naive_macs() * part.count
-    spent = result.macs + plan.untouched_macs
-    stats = {
-        "mode": "exact" if tau >= 1 else "approximate",
-        "batch_size": size,
-        "flops_naive": naive,
-        "flops": spent,
-        "theoretical_speedup": naive / max(1, spent),
-        "fallbacks": plan.fallbacks,
-    }
-    stats["requested_mode"] = stats["mode"]
-    return result.outputs, stats
+def _evaluate(model, part: Occlusions, grid, mode: str, tau: float, progress: _Progress):
+    """The run pipeline (the same decisions as `krypton.explain`), coarse cells first."""
+    outputs, stats = evaluate(
+        model,
+        part,
+        mode=mode,
+        tau=tau,
+        levels=levels(grid).reshape(-1),  # every 8th cell first, then 4th, 2nd, the rest
+        on_batch=lambda index, out: progress(index, out[index]),
+    )
+    return outputs, stats.as_dict()

@@ -7,7 +7,6 @@ fallbacks); region runs and naive runs through `krypton.web.sweep`, which report
 from __future__ import annotations
 
 import io
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +15,12 @@ import numpy as np
 import torch
 
 import krypton
-from krypton.api import DEFAULT_TAU, captured
+from krypton.api import DEFAULT_TAU
 from krypton.models.spec import LoadedModel
 from krypton.modes.approximate import Drilldown, parse_drilldown
 from krypton.outputs.raw import raw_arrays, summary
 from krypton.outputs.render import png_bytes
+from krypton.pipeline import graph_for
 from krypton.web.catalog import Models, Picture, Pictures, fill_values
 from krypton.web.estimate import Estimator
 from krypton.web.jobs import Job, NotFound, PhaseMap
@@ -37,7 +37,6 @@ class Context:
     models: Models
     pictures: Pictures
     estimator: Estimator
-    capture_lock: threading.Lock = field(default_factory=threading.Lock)
     naive_times: dict[tuple, float] = field(default_factory=dict)
 
 
@@ -137,8 +136,7 @@ def run(job: Job, ctx: Context) -> dict[str, Any]:
     if spec.mode != "naive":
         started = time.perf_counter()
         try:
-            with ctx.capture_lock:  # once per model and shape; torch.export is not thread-safe
-                captured(loaded.module, picture.tensor[None])
+            graph_for(loaded.module, picture.tensor[None])  # once per model and shape, under the guard
             capture_s = round(time.perf_counter() - started, 3)
         except Exception:  # the engine falls back to naive mode itself, and says so in the stats
             capture_s = None

@@ -1,0 +1,262 @@
+"""The one place that decides how a set of occlusions is evaluated, for every interface.
+
+`evaluate` chooses between full re-inference and incremental inference by measurement, never by hope:
+1. refusals known without capturing (remembered failures, recurrent/attention layers) run naive;
+2. without a graph at hand, the first naive batches are timed (useful work): if re-inferring the rest
+   costs less than the predicted capture, the run stays naive;
+3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
+   pay runs naive, a modest one is calibrated on the first incremental batches against naive's measured
+   time per position, and the faster path finishes the run;
+4. incremental outputs are self-checked against full inference; a mismatch re-runs those positions naive.
+Exact mode's numbers are the same on either path, so switching part-way is safe. Every decision and its
+reason lands in `RunStats`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from krypton.capture import CaptureError
+from krypton.engine.plan import Plan, batches, position_macs
+from krypton.modes.approximate import threshold
+from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
+from krypton.modes.occlusions import Collector, Occlusions
+from krypton.pipeline import graphs, guard
+from krypton.pipeline.fastest_naive import FastestNaive
+from krypton.pipeline.stats import RunStats
+
+PATHS = ("auto", "incremental", "naive")
+MIN_GAIN = 1.15  # below this predicted MAC saving, incremental inference cannot beat full inference
+CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measured naive time
+NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
+
+
+def evaluate(
+    model: nn.Module,
+    occ: Occlusions,
+    *,
+    mode: str = "exact",
+    tau: float = 1.0,
+    batch_size: int | None = None,
+    path: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
+    levels: np.ndarray | None = None,
+    clean: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, RunStats]:
+    """(P, K) outputs for every occlusion and how they were computed.
+
+    `mode` is "naive", "exact" or "approximate" (with `tau`); `path` "auto" lets measurement choose,
+    "incremental" insists on the engine (still falling back on failure), "naive" forbids it.
+    `levels` (P,) orders the visit (lower first: coarse grid cells); `on_batch(index, outputs)` sees
+    partial results; `clean` is the model's output on the clean image, if the caller has it.
+    """
+    run = _Run(model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean)
+    started = time.perf_counter()
+    outputs = run.go()
+    run.stats.wall_time_s = time.perf_counter() - started
+    return outputs, run.stats
+
+
+class _Run:
+    """State of one evaluation: what is done, what each path measured, the record being written."""
+
+    def __init__(self, model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean):
+        self.model, self.occ, self.mode, self.tau = model, occ, mode, tau
+        self.batch_size, self.path, self.progress, self.clean = batch_size, path, progress, clean
+        self.collector = Collector(occ.count, progress, on_batch)
+        self.levels = None if levels is None else np.asarray(levels)
+        self.todo = np.arange(occ.count) if levels is None else np.argsort(self.levels, kind="stable")
+        self.naive = FastestNaive(model, occ, self.collector, batch_size)
+        self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
+        self.incremental_done: list[np.ndarray] = []
+
+    def go(self) -> torch.Tensor:
+        if self.mode == "naive" or self.path == "naive":
+            return self._finish_naive("naive mode requested" if self.mode == "naive" else "path='naive' requested")
+        refused = graphs.refusal(self.model, self.occ.image)
+        if refused:
+            return self._fail(refused)
+        if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
+            estimate = graphs.capture_estimate(self.model, self.occ.image)
+            self._naive_batches(NAIVE_PROBE_BATCHES)
+            left = len(self._remaining())
+            remaining = (self.naive.seconds_per_position or 0.0) * left
+            if remaining <= estimate:
+                return self._finish_naive(
+                    f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
+                    f"having the graph (~{estimate:.2g} s)"
+                )
+        try:
+            found = graphs.graph_for(self.model, self.occ.image, self.clean)
+        except CaptureError as exc:
+            return self._fail(str(exc))
+        self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
+        try:
+            plan = plan_for(found.graph, self.occ, threshold(self.tau))
+        except Exception as exc:  # an op the engine cannot describe (the batch axis moves)
+            graphs.remember_failure(self.model, self.occ.image, f"incremental inference cannot run: {exc}")
+            return self._fail(f"incremental inference cannot run: {exc}")
+        self.plan = plan
+        self.stats.fallbacks = list(plan.fallbacks)
+        return self._with_plan(found.graph, plan)
+
+    # -- paths ---------------------------------------------------------------------------------------
+
+    def _with_plan(self, graph, plan: Plan) -> torch.Tensor:
+        limit = plan.naive_macs() / max(1.0, float(position_macs(plan).mean()) + plan.untouched_macs)
+        if self.path == "auto" and limit < MIN_GAIN:
+            return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
+        size = self.batch_size or auto_batch(plan)
+        groups = self._groups(plan, size)
+        base = None
+        try:
+            if self.path == "auto" and limit < CALIBRATE_BELOW and len(groups) > 3:
+                base, groups = self._calibrate(graph, plan, size, groups, limit)
+                if groups is None:
+                    return self._finish(checked=True)
+            if groups:
+                self._incremental(graph, plan, size, groups, base)
+        except Exception as exc:  # a rule that cannot run on this batch: answer anyway, in full
+            return self._fail(f"incremental inference failed ({exc})")
+        if not self.stats.reason:
+            self.stats.reason = f"incremental inference: the plan saves {limit:.2f}x of the MACs at best"
+        return self._finish(checked=False)
+
+    def _calibrate(self, graph, plan, size, groups, limit):
+        """Time incremental batches against naive's time per position; None groups: naive is faster."""
+        if self.naive.seconds_per_position is None:
+            self._naive_batches(NAIVE_PROBE_BATCHES)
+            done = self.collector.done
+            groups = [g[~done[g]] for g in groups if (~done[g]).any()]
+        warm, timed, rest = groups[:1], groups[1:3], groups[3:]
+        from krypton.engine.materialize import materialize
+
+        base = materialize(graph, self.occ.image)
+        self._incremental(graph, plan, size, warm, base)
+        started = time.perf_counter()
+        self._incremental(graph, plan, size, timed, base)
+        per_position = (time.perf_counter() - started) / max(1, sum(len(g) for g in timed))
+        naive = self.naive.seconds_per_position
+        if naive is not None and per_position > naive:
+            self.stats.reason = (
+                f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms "
+                f"(plan predicted {limit:.2f}x at best): naive finishes the run"
+            )
+            self._check_incremental()
+            self.naive.run(self._remaining())
+            return base, None
+        if naive is not None:
+            self.stats.reason = (
+                f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms"
+            )
+        return base, rest
+
+    def _incremental(self, graph, plan, size, groups, base) -> None:
+        result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, base=base)
+        self.stats.macs = (self.stats.macs or 0.0) + result.macs
+        self.stats.batch_size = result.batch_size
+        self.incremental_done.extend(groups)
+
+    def _groups(self, plan: Plan, size: int) -> list[np.ndarray]:
+        """Batches of the remaining positions; with levels, level by level (coarse cells first)."""
+        remaining = self._remaining()
+        if self.levels is None:
+            return batches(plan, size, np.sort(remaining))
+        groups: list[np.ndarray] = []
+        for level in np.unique(self.levels[remaining]):
+            groups += batches(plan, size, np.sort(remaining[self.levels[remaining] == level]))
+        return groups
+
+    def _naive_batches(self, count: int) -> None:
+        self.naive.run(self.todo, max_batches=count)
+
+    def _remaining(self) -> np.ndarray:
+        done = self.collector.done
+        return self.todo[~done[self.todo]]
+
+    # -- endings -------------------------------------------------------------------------------------
+
+    def _finish_naive(self, reason: str) -> torch.Tensor:
+        self.naive.run(self._remaining())
+        self.stats.reason = self.stats.reason or reason
+        if self.mode == "approximate" and not self.incremental_done:
+            self.stats.mode = "naive"  # every number is full inference: say so
+        return self._finish(checked=True)
+
+    def _fail(self, reason: str) -> torch.Tensor:
+        warnings.warn(f"krypton: {reason}; using naive mode", RuntimeWarning, stacklevel=4)
+        self._forget_incremental()
+        self.stats.mode = "naive"
+        self.stats.reason = reason
+        self.naive.run(self._remaining())
+        return self._finish(checked=True)
+
+    def _check_incremental(self) -> bool:
+        """Self-check the incremental positions; on a mismatch warn and recompute them in full."""
+        if not self.incremental_done:
+            return True
+        index = np.concatenate(self.incremental_done)
+        outputs = self.collector.outputs
+        if self.tau >= 1:
+            with guard.shared(), torch.no_grad():
+                worst = self_check(self.model, self.occ, outputs, among=index)
+        else:  # approximations differ from naive by design: check the engine itself on two positions
+            worst = self._probe_exact(index)
+        if worst is None:
+            return True
+        warnings.warn(
+            f"krypton: incremental results differ from full inference by {worst:.3g}; "
+            "falling back to naive mode for this model",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        self._forget_incremental()
+        self.stats.mode, self.stats.reason = "naive", f"self-check failed (difference {worst:.3g})"
+        self.naive.run(self._remaining())
+        return False
+
+    def _probe_exact(self, index: np.ndarray) -> float | None:
+        found = graphs.graph_for(self.model, self.occ.image, self.clean)
+        probe_index = index[[0, -1]]
+        probe = Occlusions(self.occ.image, self.occ.lo[probe_index], self.occ.hi[probe_index],
+                           self.occ.patch, self.occ.baseline)
+        exact = run_exact(found.graph, probe, batch_size=2).outputs
+        with guard.shared(), torch.no_grad():
+            return self_check(self.model, probe, exact)
+
+    def _forget_incremental(self) -> None:
+        if self.incremental_done:
+            index = np.concatenate(self.incremental_done)
+            self.collector.forget(index)
+            self.incremental_done.clear()
+            self.stats.macs = None
+
+    def _finish(self, checked: bool = False) -> torch.Tensor:
+        if not checked:
+            self._check_incremental()
+        stats, naive = self.stats, self.naive
+        incremental = int(sum(len(g) for g in self.incremental_done))
+        stats.incremental_positions, stats.naive_positions = incremental, self.occ.count - incremental
+        stats.naive_layout = naive.layout if naive.positions else None
+        if not incremental:
+            stats.batch_size = naive.batch_size
+        plan = getattr(self, "plan", None)
+        if plan is not None:
+            per_position = plan.naive_macs()
+            stats.macs_naive = float(per_position * self.occ.count)
+            spent = (stats.macs or 0.0) + (plan.untouched_macs if incremental else 0)
+            stats.macs = float(spent + per_position * stats.naive_positions)
+            if incremental and stats.path != "incremental+naive":
+                stats.path = "incremental" if not stats.naive_positions else "incremental+naive"
+        else:
+            stats.macs = None
+        if not incremental:
+            stats.path = "naive"
+        return self.collector.result()
