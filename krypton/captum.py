@@ -11,6 +11,7 @@ training mode -- is evaluated in full, batched exactly as Captum batches it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from krypton.modes.occlusions import Occlusions
-from krypton.pipeline import PATHS, evaluate
+from krypton.pipeline import PATHS, evaluate, naive_is_enough
 
 Target = None | int | tuple | list | Tensor
 
@@ -32,8 +33,8 @@ except ImportError:  # Captum is optional: the same interface without it
             self.forward_func = forward_func
 
         @property
-        def multiplies_by_inputs(self) -> bool:
-            return False
+        def multiplies_by_inputs(self) -> bool:  # as Captum's perturbation methods
+            return True
 
         def has_convergence_delta(self) -> bool:
             return False
@@ -254,7 +255,7 @@ class Occlusion(_Base):
     """Drop-in for `captum.attr.Occlusion` whose attributions are computed by incremental inference.
 
     A Captum `Attribution` when Captum is installed (`NoiseTunnel(Occlusion(model))` works), with its
-    `get_name`, `has_convergence_delta` and `multiplies_by_inputs` (both False, as Captum's Occlusion).
+    `get_name`, `has_convergence_delta` (False) and `multiplies_by_inputs` (True), as Captum's Occlusion.
     """
 
     def __init__(self, forward_func: Callable[..., Any], *, path: str = "auto") -> None:
@@ -290,17 +291,27 @@ class Occlusion(_Base):
         boxes = [_boxes(st, w, b) for st, w, b in zip(starts, windows, bodies)]
 
         with torch.no_grad():
+            started = time.perf_counter()
             raw = _as_tensor(self.forward_func(*xs, *(args or ())))
+            clean_s = time.perf_counter() - started
             clean = _select(raw, target).reshape(1, -1)
             total = sum(len(lo) for lo, _ in boxes) * xs[0].shape[0]
             bar = _bar(show_progress, total + 1)  # +1: the clean evaluation, counted as Captum counts it
             if bar is not None:
                 bar.update(1)
             try:
-                if self._capturable(xs, args, raw):
+                count = len(boxes[0][0])
+                naive = None if not self._capturable(xs, args, raw) else naive_is_enough(
+                    self.forward_func, xs[0][:1], clean_s * count, self.path  # Captum's loop at ppe 1, at most
+                )
+                if self._capturable(xs, args, raw) and naive is None:
                     diffs = self._exact(xs[0], fills[0], boxes[0], raw, clean, target, bar)
                 else:
-                    diffs = self._naive(xs, fills, boxes, args, clean, target, ppe, bar)
+                    wide = _wide(ppe, xs[0].shape[0], count) if self._capturable(xs, args, raw) else ppe
+                    diffs = self._naive(xs, fills, boxes, args, clean, target, wide, bar)
+                    self.stats["reason"] = naive or "not an eval-mode nn.Module on one (N, ...) tensor"
+                    if naive:  # chosen for speed: the numbers are the exact ones, by full inference
+                        self.stats["mode"] = "exact"
             finally:
                 if bar is not None:
                     bar.close()
@@ -366,8 +377,14 @@ class Occlusion(_Base):
                 drops[i].append(diff[j : j + 1])
             if bar is not None:
                 bar.update(len(chunk) * n)
-        self.stats = {"mode": "naive", "positions": len(positions), "batch_size": ppe * n}
+        self.stats = {"mode": "naive", "path": "naive", "positions": len(positions), "batch_size": ppe * n}
         return [torch.cat(d) for d in drops]
+
+
+def _wide(ppe: int, examples: int, positions: int) -> int:
+    """Perturbations per call for full inference of a batch-independent (eval-mode) model: at least the
+    caller's, up to ~256 rows per call, where small models stop paying per-call overhead."""
+    return max(ppe, min(positions, max(1, 256 // max(1, examples))))
 
 
 def _bar(enabled: bool, total: int):

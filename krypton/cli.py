@@ -370,7 +370,9 @@ def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:
     stats = result.stats
     speed = stats.get("theoretical_speedup")
     mode = result.mode if result.mode == stats.get("requested_mode", result.mode) else f"{result.mode} (fallback)"
-    extra = f", {speed:.2f}x fewer FLOPs than naive" if speed else ""
+    extra = f", {speed:.2f}x fewer MACs than naive" if speed else ""
+    if stats.get("path") and stats["path"] != "incremental" and result.mode != "naive":
+        extra += f" (computed by {stats['path']} inference)"
     return (
         f"{name}: {loaded.label(result.target)} p={result.probability:.3f} | {stats.get('positions')} positions "
         f"in {stats.get('wall_time_s', 0.0):.1f} s, {mode}{extra} -> {picture}"

@@ -264,3 +264,43 @@ def test_strides_that_captum_accepts_silently_are_rejected(cnn, bad):
     assert torch.isnan(CaptumOcclusion(cnn).attribute(X, sliding_window_shapes=(3, 4, 4), target=0, **bad)).any()
     with pytest.raises(ValueError, match="strides"):
         Occlusion(cnn).attribute(X, sliding_window_shapes=(3, 4, 4), target=0, **bad)
+
+
+def test_is_a_captum_attribution_and_works_inside_noise_tunnel(cnn):
+    from captum.attr import NoiseTunnel
+    from captum.attr._utils.attribution import Attribution
+
+    x = image(2, 12, 12)
+    kwargs = dict(sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), target=1)
+    ours = Occlusion(cnn)
+    assert isinstance(ours, Attribution)
+    assert ours.get_name() == CaptumOcclusion.get_name() == "Occlusion"
+    theirs = CaptumOcclusion(cnn)
+    assert ours.has_convergence_delta() is theirs.has_convergence_delta() is False
+    assert ours.multiplies_by_inputs is theirs.multiplies_by_inputs is True
+    results = []
+    for method in (CaptumOcclusion(cnn), ours):
+        torch.manual_seed(3)
+        results.append(NoiseTunnel(method).attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.1, **kwargs))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_attribute_future_behaves_as_captums(cnn):
+    with pytest.raises(NotImplementedError):
+        CaptumOcclusion(cnn).attribute_future()
+    with pytest.raises(NotImplementedError):
+        Occlusion(cnn).attribute_future()
+
+
+def test_per_example_scalar_inputs_match_captum():
+    class Sum(nn.Module):
+        def forward(self, a, b):
+            return (torch.relu(a - 1) - torch.relu(b)).unsqueeze(1)
+
+    inputs = (torch.tensor([-10.0, 3.0]), torch.tensor([-5.0, 1.0]))
+    want = CaptumOcclusion(Sum()).attribute(inputs, sliding_window_shapes=((), ()), target=None)
+    got = Occlusion(Sum()).attribute(inputs, sliding_window_shapes=((), ()), target=None)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    single = Occlusion(lambda a: a.unsqueeze(1) * 2).attribute(torch.tensor([1.0, -2.0]), sliding_window_shapes=())
+    torch.testing.assert_close(single, torch.tensor([2.0, -4.0]))

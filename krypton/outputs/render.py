@@ -62,7 +62,7 @@ def display_pixels(image: Any) -> np.ndarray | None:
 
 
 def caption(explanation: Any) -> str:
-    """'patch 16x16, stride 8, mode exact, 289 positions in 12.3 s, 1.1x fewer FLOPs than naive'."""
+    """'patch 16x16, stride 8, mode exact, 289 positions in 12.3 s, 1.1x fewer MACs than naive'."""
     ph, pw = explanation.patch
     sh, sw = explanation.stride
     stats = explanation.stats or {}
@@ -72,7 +72,7 @@ def caption(explanation: Any) -> str:
     timing = f" in {stats['wall_time_s']:.1f} s" if "wall_time_s" in stats else ""
     parts.append(f"{positions} positions{timing}")
     if stats.get("theoretical_speedup"):
-        parts.append(f"{stats['theoretical_speedup']:.1f}x fewer FLOPs than naive")
+        parts.append(f"{stats['theoretical_speedup']:.1f}x fewer MACs than naive")
     return ", ".join(parts)
 
 

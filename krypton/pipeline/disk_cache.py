@@ -9,7 +9,9 @@ names, shapes and dtypes, and the bytes of other tensor attributes (lifted as co
 cannot describe (hooks, classes without a source file, an instance-level `forward`) are not cached.
 Callers also compare the loaded graph's clean output with the model's before using it.
 
-`KRYPTON_GRAPH_CACHE` chooses the folder (default `~/.cache/krypton/graphs`); `off` turns it off.
+Off unless `KRYPTON_GRAPH_CACHE` is set: a folder, or `on` for `~/.cache/krypton/graphs`. Measured
+(benchmarks/RESULTS.md): loading pays for ResNet18 (1.1 s -> 0.3 s) but not yet for VGG16 or Inception3,
+whose stored graphs load more slowly than a fresh capture, so it is not the default.
 """
 
 from __future__ import annotations
@@ -29,17 +31,24 @@ from torch import nn
 FORMAT = 1  # bump when what is stored changes
 _PLAIN = (bool, int, float, str, type(None))
 _files: dict[str, str] = {}
+_classes: dict[type, str | None] = {}
 
 
 def folder() -> Path | None:
     """The cache folder, or None when caching is off."""
     setting = os.environ.get("KRYPTON_GRAPH_CACHE", "")
-    if setting.lower() in ("off", "0", "false", "no"):
+    if setting.lower() in ("", "off", "0", "false", "no"):
         return None
-    return Path(setting) if setting else Path.home() / ".cache" / "krypton" / "graphs"
+    return Path.home() / ".cache" / "krypton" / "graphs" if setting.lower() in ("on", "1", "yes") else Path(setting)
 
 
 def _file_digest(cls: type) -> str | None:
+    if cls not in _classes:
+        _classes[cls] = _read_digest(cls)
+    return _classes[cls]
+
+
+def _read_digest(cls: type) -> str | None:
     try:
         path = inspect.getsourcefile(cls)
     except (TypeError, OSError):
@@ -118,6 +127,9 @@ def load(digest: str) -> Any | None:
     path = None if where is None else where / f"{digest}.pt2"
     if path is None or not path.is_file():
         return None
+    chatty = logging.getLogger("torch._export.serde.serialize")  # warns about unused shape symbols
+    level = chatty.level
+    chatty.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -125,6 +137,8 @@ def load(digest: str) -> Any | None:
     except Exception:  # a file from an interrupted write or another torch: capture again
         path.unlink(missing_ok=True)
         return None
+    finally:
+        chatty.setLevel(level)
 
 
 def bind_weights(module: torch.fx.GraphModule, model: nn.Module) -> None:

@@ -37,6 +37,23 @@ CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measur
 NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
 
 
+def naive_is_enough(model: nn.Module, image: torch.Tensor, naive_seconds: float, path: str = "auto") -> str | None:
+    """Why full inference should answer without trying the engine (None: try it).
+
+    For callers that can predict the whole naive run (`naive_seconds`) before any batch, e.g. the Captum
+    drop-in, which times the clean call: the same rules as `evaluate`'s first steps.
+    """
+    if path == "naive":
+        return "path='naive' requested"
+    refused = graphs.refusal(model, image)
+    if refused or path == "incremental":
+        return refused
+    estimate = graphs.capture_estimate(model, image)
+    if naive_seconds <= estimate:
+        return f"full inference (~{naive_seconds:.2g} s) costs less than having the graph (~{estimate:.2g} s)"
+    return None
+
+
 def evaluate(
     model: nn.Module,
     occ: Occlusions,
@@ -81,8 +98,9 @@ class _Run:
         if self.mode == "naive" or self.path == "naive":
             return self._finish_naive("naive mode requested" if self.mode == "naive" else "path='naive' requested")
         refused = graphs.refusal(self.model, self.occ.image)
-        if refused:
-            return self._fail(refused)
+        if refused:  # known before any work (and warned about when it was first found): no new warning
+            self.stats.mode = "naive" if self.mode == "approximate" else self.mode
+            return self._finish_naive(refused)
         if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
             estimate = graphs.capture_estimate(self.model, self.occ.image)
             self._naive_batches(NAIVE_PROBE_BATCHES)

@@ -1,0 +1,223 @@
+"""The run pipeline: path decisions, graph caches, remembered failures, the guard, the fastest naive."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import krypton
+from krypton.modes.occlusions import Collector, grid_occlusions
+from krypton.pipeline import disk_cache, fastest_naive, graph_for, graphs, guard
+from krypton.pipeline import run as pipeline_run
+
+
+def cnn(seed: int = 0, width: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5),
+    ).eval()
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory():
+    graphs.clear()
+    yield
+    graphs.clear()
+
+
+def test_tiny_model_stays_naive_and_equals_incremental():
+    model, image = cnn(), torch.randn(3, 16, 16)
+    auto = krypton.explain(model, image, patch=4, stride=2)
+    forced = krypton.explain(model, image, patch=4, stride=2, path="incremental")
+    assert auto.stats["path"] == "naive" and "graph" in auto.stats["reason"]
+    assert auto.mode == "exact" and auto.stats["macs"] is None and auto.stats["graph_source"] is None
+    assert forced.stats["path"] == "incremental" and forced.stats["graph_source"] == "captured"
+    assert 0 < forced.stats["macs"] < forced.stats["macs_naive"]
+    torch.testing.assert_close(auto.scores, forced.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_in_memory_is_used_and_calibration_keeps_results_exact():
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    graph_for(model, image[None])  # a graph at hand: the plan and calibration decide
+    result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
+    naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
+    assert result.stats["graph_source"] == "memory"
+    assert result.stats["reason"].startswith(("calibrated", "incremental", "the plan saves"))
+    assert result.stats["incremental_positions"] + result.stats["naive_positions"] == result.stats["positions"]
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    graph_for(model, image[None])
+    naive_is_free = property(lambda self: 1e-12, lambda self, value: None)
+    monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", naive_is_free, raising=False)
+    result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
+    naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
+    assert result.stats["reason"].startswith("calibrated") and "naive finishes" in result.stats["reason"]
+    assert result.stats["path"] == "incremental+naive" and result.stats["naive_positions"] > 0
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_uncapturable_model_is_remembered(monkeypatch):
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = cnn()
+
+        def forward(self, x):
+            return self.net(x) * (2 if float(x.sum()) > 0 else 1)
+
+    model, image = DataDependent().eval(), torch.randn(3, 12, 12).abs()
+    with pytest.warns(RuntimeWarning, match="naive"):
+        first = krypton.explain(model, image, patch=4, stride=4, path="incremental")
+    calls = []
+    monkeypatch.setattr(graphs, "export_program", lambda *a: calls.append(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known already: no second warning, no second capture
+        second = krypton.explain(model, image, patch=4, stride=4, path="incremental")
+    assert not calls and "remembered" in second.stats["reason"] and second.stats["path"] == "naive"
+    torch.testing.assert_close(first.scores, second.scores)
+
+
+def test_recurrent_model_runs_naive_without_capture(monkeypatch):
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.gru = nn.GRU(4, 6, batch_first=True)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            seq = self.conv(x).flatten(2).transpose(1, 2)
+            return self.head(self.gru(seq)[0][:, -1])
+
+    monkeypatch.setattr(graphs, "export_program", lambda *a: pytest.fail("a GRU must not be captured"))
+    result = krypton.explain(Recurrent().eval(), torch.randn(3, 8, 8), patch=4, stride=4, path="incremental")
+    assert result.stats["path"] == "naive" and "GRU" in result.stats["reason"]
+
+
+def test_disk_cache_binds_live_weights_and_checks_the_graph(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRYPTON_GRAPH_CACHE", str(tmp_path))
+    model, image = cnn(), torch.randn(1, 3, 12, 12)
+    assert graph_for(model, image).source == "captured"
+    assert len(list(tmp_path.glob("*.pt2"))) == 1
+    graphs.clear()
+    with torch.no_grad():  # new weights, same architecture: the stored graph serves them
+        for p in model.parameters():
+            p.add_(0.5)
+    assert graph_for(model, image).source == "disk"
+    exact = krypton.explain(model, image[0], patch=4, stride=2, path="incremental")
+    naive = krypton.explain(model, image[0], patch=4, stride=2, mode="naive")
+    assert exact.stats["graph_source"] == "memory"
+    torch.testing.assert_close(exact.scores, naive.scores, rtol=1e-4, atol=1e-5)
+    other = cnn(width=6)  # another structure: another key, never the stored graph
+    assert disk_cache.key(other, image) != disk_cache.key(model, image)
+    model[1].inplace = True  # a plain attribute is part of the key
+    assert disk_cache.key(model, image) != disk_cache.key(cnn(), image)
+
+
+def test_disk_cache_off_and_hooks_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRYPTON_GRAPH_CACHE", "off")
+    assert disk_cache.folder() is None
+    monkeypatch.delenv("KRYPTON_GRAPH_CACHE")
+    assert disk_cache.folder() is None  # off unless asked for
+    model = cnn()
+    model[0].register_forward_hook(lambda *a: None)
+    assert disk_cache.key(model, torch.zeros(1, 3, 8, 8)) is None
+
+
+def test_stale_disk_graph_is_rejected(tmp_path, monkeypatch):
+    """A stored graph whose clean output disagrees with the model is not used (captured afresh)."""
+    monkeypatch.setenv("KRYPTON_GRAPH_CACHE", str(tmp_path))
+    model, image = cnn(), torch.randn(1, 3, 12, 12)
+    graph_for(model, image)
+    graphs.clear()
+    monkeypatch.setattr(disk_cache, "bind_weights", lambda module, live: None)  # stand-in weights stay zero
+    assert graph_for(model, image).source == "captured"
+
+
+def test_capture_waits_for_model_calls_and_never_fails_under_contention():
+    model, image = cnn(), torch.randn(1, 3, 16, 16)
+    stop, errors = threading.Event(), []
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                guard.call(model, image)
+            except Exception as exc:  # pragma: no cover - the failure this test exists to catch
+                errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        found = graph_for(model, image)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert found.source in ("captured", "disk") and not errors
+    assert graphs.refusal(model, image) is None
+
+
+def test_guard_is_exclusive():
+    events: list[str] = []
+    inside = threading.Event()
+
+    def capture():
+        with guard.exclusive():
+            inside.set()
+            events.append("capture start")
+            threading.Event().wait(0.1)
+            events.append("capture end")
+
+    t = threading.Thread(target=capture)
+    t.start()
+    inside.wait()
+    with guard.shared():
+        events.append("call")
+    t.join()
+    assert events == ["capture start", "capture end", "call"]
+
+
+def test_fastest_naive_tries_channels_last_on_a_copy(monkeypatch):
+    monkeypatch.setattr(fastest_naive, "LAYOUT_TRIAL_S", 0.0)
+    model, image = cnn(width=16), torch.randn(1, 3, 20, 20)
+    occ, _ = grid_occlusions(image, (4, 4), (1, 1), torch.zeros(3, 4, 4))
+    collector = Collector(occ.count)
+    runner = fastest_naive.FastestNaive(model, occ, collector, batch_size=8)
+    runner.run(np.arange(occ.count))
+    assert runner.layout in ("channels_last", "contiguous") and collector.done.all()
+    assert runner._trial_batches == 2  # the copy was timed
+    assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched
+    with torch.no_grad():
+        want = model(occ.materialize(np.arange(occ.count)))
+    torch.testing.assert_close(collector.result(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_small_batches_grow_for_small_models():
+    model, image = cnn(), torch.randn(1, 3, 12, 12)
+    occ, _ = grid_occlusions(image, (2, 2), (1, 1), torch.zeros(3, 2, 2))
+    runner = fastest_naive.FastestNaive(model, occ, Collector(occ.count))
+    runner.run(np.arange(occ.count))
+    assert runner.batch_size > fastest_naive.DEFAULT_BATCH
+
+
+def test_naive_is_enough_for_cheap_runs():
+    model, image = cnn(), torch.zeros(1, 3, 8, 8)
+    assert "graph" in pipeline_run.naive_is_enough(model, image, 1e-4)
+    assert pipeline_run.naive_is_enough(model, image, 1e4) is None
+    assert pipeline_run.naive_is_enough(model, image, 1e-4, path="incremental") is None
+    assert pipeline_run.naive_is_enough(model, image, 1e4, path="naive")
+
+
+def test_path_is_validated():
+    with pytest.raises(ValueError, match="path"):
+        krypton.explain(cnn(), torch.randn(3, 8, 8), patch=4, stride=4, path="fast")
