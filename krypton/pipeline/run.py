@@ -99,7 +99,7 @@ class _Run:
             return self._finish_naive("naive mode requested" if self.mode == "naive" else "path='naive' requested")
         refused = graphs.refusal(self.model, self.occ.image)
         if refused:  # known before any work (and warned about when it was first found): no new warning
-            self.stats.mode = "naive" if self.mode == "approximate" else self.mode
+            self.stats.mode = "naive"  # a fallback, as when the capture fails: say so
             return self._finish_naive(refused)
         if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
             estimate = graphs.capture_estimate(self.model, self.occ.image)
