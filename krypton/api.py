@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from krypton import _validate
+from krypton._borrow import borrowed
 from krypton.capture import Graph
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
@@ -22,6 +24,7 @@ from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
 from krypton.modes.quality import ssim
 from krypton.pipeline import PATHS, RunStats, evaluate, graph_for, guarded_call
+from krypton.scores import check_target, probabilities
 
 MODES = ("naive", "exact", "approximate")
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
@@ -92,24 +95,37 @@ def explain(
     _validate.patch_fits(patch, tuple(image.shape[2:]))
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if device is not None:
-        model, image = model.to(device), image.to(device)
-    else:
+    device = _validate.device(device)
+    with borrowed(model, device):  # the caller's model comes back as it was (mode, device, tensors)
         image = image.to(next(iter(model.parameters()), image).device)
-    model = model.eval()
+        options = dict(patch=patch, stride=stride, fill=fill, target=target, mode=mode, tau=tau, settings=settings,
+                       batch_size=batch_size, progress=progress, on_update=on_update, path=path)
+        result = _explain(model, image, **options)
+        if compare_exact:
+            options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None)
+            exact = _explain(model, image, **options)
+            result.stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
+            result.stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
+    return result
+
+
+def _explain(
+    model: nn.Module, image: torch.Tensor, *, patch: tuple[int, int], stride: tuple[int, int], fill: Any,
+    target: Any, mode: str, tau: float, settings: Drilldown | None, batch_size: int | None, progress: bool,
+    on_update: OnUpdate | None, path: str,
+) -> Explanation:
     fill_t = _validate.fill(fill, image.shape[1], patch, image)
     base = _clean_output(model, image)[0]
     if target is None:
-        target = int(base.argmax())
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < base.numel():
-        raise ValueError(f"target must be an int class index in [0, {base.numel()}), got {target!r}")
+        target = int(probabilities(base).argmax())
+    target = check_target(target, base)
     job = _Job(model, image, patch, stride, fill_t, int(target), mode, tau, batch_size, progress, on_update)
     job.path, job.clean = path, base[None]
     started = time.perf_counter()
     outputs, stats, drilled = job.run(settings)
     stats["wall_time_s"] = time.perf_counter() - started
     stats["positions"] = job.fine.count
-    result = Explanation(
+    return Explanation(
         scores=outputs.reshape(*job.grid, -1).detach().cpu(),
         base=base.detach().cpu(),
         target=int(target),
@@ -121,13 +137,6 @@ def explain(
         stats=stats,
         drilled=None if drilled is None else torch.from_numpy(drilled),
     )
-    if compare_exact:
-        exact = explain(
-            model, image, target=target, patch=patch, stride=stride, fill=fill_t, batch_size=batch_size, path=path
-        )
-        stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
-        stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
-    return result
 
 
 def _approximation(mode: str, tau: float | None, drilldown: Any) -> tuple[float, Drilldown | None]:
@@ -163,7 +172,7 @@ class _Job:
         coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
         stage1, stats1 = self.evaluate(coarse, None)
         interpolated, rows = drill(stage1, coarse_grid, s1, self.grid, self.stride, self.target, settings.fraction)
-        estimate = interpolated[..., self.target]
+        estimate = probabilities(torch.from_numpy(interpolated))[..., self.target].numpy()
         self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
         stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
         stats = RunStats(
@@ -211,6 +220,7 @@ class _Job:
                 on_batch=report,
                 levels=_grid_levels(occ) if report is not None else None,
                 clean=self.clean,
+                on_phase=None if bar is None else functools.partial(_phase, bar, f"krypton {self.mode}"),
             )
         finally:
             if bar is not None:
@@ -229,7 +239,7 @@ class _Job:
 
         def report(index: np.ndarray, outputs: torch.Tensor) -> None:
             cells = index if rows is None else rows[index]
-            probs = torch.softmax(outputs[torch.from_numpy(index)].double(), -1)[:, self.target]
+            probs = probabilities(outputs[torch.from_numpy(index)])[:, self.target]
             values.reshape(-1)[cells] = probs.cpu().numpy()
             done.reshape(-1)[cells] = True
             shown = values if rows is not None else fill_missing(values, done)
@@ -242,6 +252,19 @@ class _Job:
             heat = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
             elapsed = time.perf_counter() - self.started
             self.on_update(Update(heat, torch.from_numpy(known.copy()), done, total, elapsed))
+
+
+def _phase(bar: Any, label: str, text: str | None) -> None:
+    """Show a slow phase (the capture) on the progress bar; after it, time the positions from now on."""
+    if text is not None:
+        bar.set_description(f"{label} ({text})")
+        bar.started_phase = time.time()
+        return
+    spent = time.time() - getattr(bar, "started_phase", time.time())
+    bar.start_t += spent  # the rate and ETA count positions only, not the capture
+    bar.last_print_t = time.time()
+    bar.set_description(label)
+    bar.set_postfix_str(f"graph ready in {spent:.1f} s")
 
 
 def _grid_levels(occ: Occlusions) -> np.ndarray | None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from krypton._borrow import borrowed
+
 
 class CaptureError(RuntimeError):
     """The model could not be captured as a graph; callers fall back to naive inference."""
@@ -102,14 +104,14 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
 
 def export_program(model: nn.Module, example: torch.Tensor) -> Any:
     """`torch.export` + core-ATen decomposition (the ExportedProgram, for the on-disk cache)."""
-    model = model.eval()
     noisy = logging.getLogger("torch._subclasses.fake_tensor")
     level = noisy.level
     noisy.setLevel(logging.CRITICAL)  # export logs a traceback before raising; we report one line
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(model, (example,), strict=False).run_decompositions()
+            with borrowed(model):  # captured in eval mode; the caller's training flags come back
+                return torch.export.export(model, (example,), strict=False).run_decompositions()
     except Exception as exc:  # torch.export raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(f"torch.export could not capture the model: {first}") from exc

@@ -8,6 +8,7 @@ to see the traceback anyway.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+RESIZE = ("crop", "pad", "stretch")  # krypton.io.preprocess.RESIZE, repeated so --help loads nothing
 DEFAULT_MODEL = "xray"
 EPILOG = """examples:
   krypton explain                                   # a bundled chest X-ray, pneumonia Xception
@@ -27,15 +29,40 @@ EPILOG = """examples:
 """
 
 
+DEBUG_NOTE = "Failures are one line on stderr with exit code 2; set KRYPTON_DEBUG=1 to see the traceback."
+
+
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit code 2."""
 
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers separated by commas, got {text!r}")
+    return values
+
+
+def _unit_interval(text: str, expected: str) -> float:
+    """A number in (0, 1] (tau, a colour scale); anything else names what was `expected`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _tau(text: str) -> float:
+    return _unit_interval(text, "a number with 0 < tau <= 1")
+
+
+def _scale(text: str) -> float | str:
+    return text if text == "auto" else _unit_interval(text, "'auto' or a probability drop in (0, 1]")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -50,7 +77,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _drilldown(text: str) -> bool | dict[str, float]:
-    """'on' / 'off', or key=value pairs: fraction=0.25,speedup=3 or coarse_stride=8."""
+    """'on' / 'off', or key=value pairs: fraction=0.25,speedup=3 or coarse_stride=8 (checked here, before
+    any model loads)."""
     if text.lower() in ("on", "true", "yes", "1"):
         return True
     if text.lower() in ("off", "false", "no", "0"):
@@ -64,7 +92,13 @@ def _drilldown(text: str) -> bool | dict[str, float]:
             sep = ""
         if not sep:
             raise argparse.ArgumentTypeError(f"expected on, off or KEY=VALUE[,KEY=VALUE], got {text!r}")
-        spec[key.strip()] = int(number) if key.strip() == "coarse_stride" else number
+        spec[key.strip()] = int(number) if key.strip() == "coarse_stride" and number.is_integer() else number
+    from krypton.modes.approximate import parse_drilldown
+
+    try:
+        parse_drilldown(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return spec
 
 
@@ -97,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         "explain",
         help="explain model predictions on images (heat map PNG + raw .npz/.json)",
         description="Slide an occluding patch over each image and map how much the prediction drops. "
-        "With no arguments: a bundled chest X-ray explained by the pneumonia Xception.",
+        "With no arguments: a bundled chest X-ray explained by the pneumonia Xception. Writes "
+        "OUT/<image>-<mode>.png (picture) and .npz/.json (raw results), so runs in different modes "
+        "do not overwrite each other. A one-logit model is read as a binary classifier "
+        "(P(positive) = sigmoid(logit)). " + DEBUG_NOTE,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -130,15 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="naive: full re-inference; exact: incremental, same numbers (default); "
         "approximate: faster, slightly different maps",
     )
-    explain.add_argument("--tau", type=float, metavar="T", help="approximate mode: projective-field threshold")
+    explain.add_argument(
+        "--tau",
+        type=_tau,
+        metavar="T",
+        help="approximate mode: projective-field threshold in (0, 1]; smaller is faster and coarser "
+        "(default 0.7; 1 = exact)",
+    )
     explain.add_argument(
         "--drilldown",
         nargs="?",
         const=True,
         type=_drilldown,
         metavar="SPEC",
-        help="approximate mode: adaptive drill-down; alone or 'on' for the defaults, or e.g. "
-        "fraction=0.25,speedup=3 or coarse_stride=8",
+        help="approximate mode: adaptive drill-down (a coarse pass, then the most important cells at the "
+        "fine stride); alone or 'on' for the defaults fraction=0.25,speedup=3, or e.g. "
+        "fraction=0.25,speedup=3 or fraction=0.1,coarse_stride=8 (speedup or coarse_stride, not both)",
     )
     explain.add_argument("--out", default="krypton-out", metavar="DIR", help="output folder (default: krypton-out)")
     explain.add_argument(
@@ -146,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("overlay", "paper"),
         default="overlay",
         help="overlay: per-pixel probability drop (default); paper: jet_r map as in the paper",
+    )
+    explain.add_argument(
+        "--scale",
+        type=_scale,
+        default="auto",
+        metavar="auto|D",
+        help="overlay colour scale: a fixed probability drop D in (0, 1] shown at full colour (maps comparable "
+        "across images and modes), or auto = this map's largest drop but at least 0.05 (default); "
+        "the caption states which",
     )
     explain.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: where the model is)")
     explain.add_argument("--batch-size", type=_positive, metavar="N", help="positions per batch (default: automatic)")
@@ -187,11 +240,34 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         help="demo (xray, mri, imagenet), torchvision architecture, or .pt2/.onnx/.keras/.h5 file "
         f"(default: {DEFAULT_MODEL})",
     )
-    group.add_argument("--weights", metavar="FILE", help="state-dict file for a torchvision architecture")
+    group.add_argument(
+        "--weights",
+        metavar="FILE|random",
+        help="state-dict file for a torchvision architecture; 'random' keeps random weights (for speed tests)",
+    )
     group.add_argument("--size", type=_size, metavar="H[,W]", help="model input size (default: from the model)")
-    group.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean of [0,1] pixels")
-    group.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std of [0,1] pixels")
-    group.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    group.add_argument(
+        "--mean",
+        type=_floats,
+        metavar="M[,M,M]",
+        help="normalisation mean of [0,1] pixels (default: the model's own; 0.5 for model files, i.e. [-1, 1])",
+    )
+    group.add_argument(
+        "--std",
+        type=_floats,
+        metavar="S[,S,S]",
+        help="normalisation std of [0,1] pixels (default: the model's own; 0.5 for model files)",
+    )
+    group.add_argument(
+        "--resize",
+        choices=RESIZE,
+        help="fitting an image of another aspect ratio: crop (centre crop; the borders are not explained), "
+        "pad (black bars; the whole image is explained) or stretch (distorted) "
+        "(default: crop for torchvision/ImageNet models, stretch for the others; printed with the input)",
+    )
+    group.add_argument(
+        "--labels", metavar="FILE", help="class names, one per line (as many as the model has classes)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +340,7 @@ def _load(args: argparse.Namespace) -> Any:
     from krypton.models import load_model, with_overrides
 
     loaded = load_model(args.model, weights=args.weights, size=args.size)
-    return with_overrides(loaded, args.size, args.mean, args.std, args.labels)
+    return with_overrides(loaded, args.size, args.mean, args.std, args.labels, getattr(args, "resize", None))
 
 
 def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:
@@ -312,11 +388,14 @@ def run_explain(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is available here")
+    if args.target is not None and args.target.strip().lstrip("-").isdigit() and int(args.target) < 0:
+        raise UsageError(f"--target {args.target}: a class index must be >= 0")
     if args.model == DEFAULT_MODEL and args.images and all(":" in t and not Path(t).exists() for t in args.images):
         args.model = args.images[0].split(":", 1)[0]  # `krypton explain mri:0` uses the mri demo
     demo = DEMOS.get(args.model)
     out = _out_dir(args.out)
     images = _images(args, demo)
+    _warn_other_modality(args, demo)
     started = time.perf_counter()
     loaded = _load(args)
     pre = loaded.preprocess
@@ -352,21 +431,50 @@ def run_explain(args: argparse.Namespace) -> int:
             raise
         result.display_image = shown
         result.class_names = loaded.class_names
+        stem = f"{name}-{args.mode}"  # per mode: an approximate run does not overwrite the exact one
         picture = save(
             result,
-            out / f"{name}.png",
+            out / f"{stem}.png",
             shown,
             class_names=loaded.class_names,
             style=args.style,
+            scale=args.scale,
             name=f"{loaded.name} - {name}" + (f" (labelled {truth})" if truth else ""),
         )
         meta = {"model": loaded.name, "image": name, "preprocess": pre.describe(), "picture": str(picture)}
-        save_raw(result, out / name, class_names=loaded.class_names, meta=meta)
+        save_raw(result, out / stem, class_names=loaded.class_names, meta=meta)
         print(_summary_line(name, result, loaded, picture))
+        if result.probability >= EXTREME and (demo is None or truth is None):
+            print(
+                f"note: p={result.probability:.4f} is extreme; if {name} is not the kind of image {loaded.name} "
+                "was trained on (modality, view, intensity range), the map explains an out-of-range input"
+            )
     return 0
 
 
+EXTREME = 0.9995  # a clean-image probability this close to 1 on a user's image deserves a second look
+
+
+def _warn_other_modality(args: argparse.Namespace, demo: Any) -> None:
+    """A bundled image of another demo (an MRI through the X-ray model) is a wrong pairing: say so."""
+    from krypton.models import DEMOS
+
+    if demo is None:  # the user's own model: bundled images of any kind are a legitimate test
+        return
+    for token in args.images:
+        owner = token.split(":", 1)[0] if ":" in token and not Path(token).exists() else None
+        if owner in DEMOS and owner != demo.name:
+            theirs, ours = DEMOS[owner].title.split(",")[0], demo.title.split(",")[0]
+            print(
+                f"krypton: warning: {token} is an image of the {owner} demo ({theirs}), but the model is the "
+                f"{demo.name} demo ({ours}): it was not trained on such images",
+                file=sys.stderr,
+            )
+
+
 def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:
+    from krypton.outputs.render import effect_size
+
     stats = result.stats
     speed = stats.get("theoretical_speedup")
     mode = result.mode if result.mode == stats.get("requested_mode", result.mode) else f"{result.mode} (fallback)"
@@ -374,7 +482,8 @@ def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:
     if stats.get("path") and stats["path"] != "incremental" and result.mode != "naive":
         extra += f" (computed by {stats['path']} inference)"
     return (
-        f"{name}: {loaded.label(result.target)} p={result.probability:.3f} | {stats.get('positions')} positions "
+        f"{name}: {loaded.label(result.target)} p={result.probability:.3f}, largest drop "
+        f"{effect_size(result):.3g} | {stats.get('positions')} positions "
         f"in {stats.get('wall_time_s', 0.0):.1f} s, {mode}{extra} -> {picture}"
     )
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from krypton.scores import check_target, class_logit, probabilities
+
 
 @dataclass
 class Explanation:
@@ -15,8 +17,10 @@ class Explanation:
     scores: (H_M, W_M, K) model outputs with the patch at each grid position;
     base: (K,) output for the clean image; target: the explained class;
     positions: (H_M, W_M, 2) top-left (y, x) of the patch at each grid cell.
-    With adaptive drill-down, cells outside `drilled` hold log-probabilities interpolated from the
-    coarse pass (softmax of them is the interpolated distribution), not raw model outputs.
+    `scores` are the model's logits; with adaptive drill-down, cells outside `drilled` hold logits
+    interpolated from the coarse pass (still logits, so `heatmap` and `attribution` treat every cell
+    alike). A one-logit model is a binary classifier: classes 0 = negative, 1 = positive (see
+    `krypton.scores`).
     """
 
     scores: torch.Tensor
@@ -32,25 +36,27 @@ class Explanation:
 
     @property
     def heatmap(self) -> torch.Tensor:
-        """(H_M, W_M): softmax probability of the target with the patch at each position (the paper's map)."""
-        return torch.softmax(self.scores.double(), dim=-1)[..., self.target].float()
+        """(H_M, W_M): probability of the target with the patch at each position (the paper's map)."""
+        return probabilities(self.scores)[..., self.target].float()
 
     @property
     def probability(self) -> float:
-        """Softmax probability of the target on the clean image."""
-        return float(torch.softmax(self.base.double(), dim=-1)[self.target])
+        """Probability of the target on the clean image."""
+        return float(probabilities(self.base)[self.target])
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """(classes,) class probabilities on the clean image (float64)."""
+        return probabilities(self.base)
 
     def attribution(self, target: int | None = None) -> torch.Tensor:
         """(H, W) per-pixel map: mean over the windows covering a pixel of (clean - occluded) output.
 
         The same definition as Captum's `Occlusion` for a single image and target.
         """
-        t = self.target if target is None else int(target)
-        k = self.scores.shape[-1]
-        if not 0 <= t < k:
-            raise ValueError(f"target must be in [0, {k}), got {t}")
+        t = self.target if target is None else check_target(target, self.base)
         h, w = self.image_size
-        drop = (self.base[t] - self.scores[..., t]).double()
+        drop = (class_logit(self.base, t) - class_logit(self.scores, t)).double()
         total = torch.zeros(h, w, dtype=torch.float64)
         count = torch.zeros(h, w, dtype=torch.float64)
         ph, pw = self.patch

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from krypton.cli import main
@@ -56,11 +57,11 @@ def test_explain_end_to_end(capsys, tmp_path, face):
     assert code == 0, err
     summary = out.strip().splitlines()[-1]
     assert summary.startswith("face: happy p=0.9") and "16 positions in" in summary and "exact" in summary
-    picture = Image.open(tmp_path / "face.png")
+    picture = Image.open(tmp_path / "face-exact.png")
     assert picture.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
     assert np.asarray(picture.convert("L"), dtype=float).std() > 10
-    raw = np.load(tmp_path / "face.npz")
-    info = json.loads((tmp_path / "face.json").read_text())
+    raw = np.load(tmp_path / "face-exact.npz")
+    info = json.loads((tmp_path / "face-exact.json").read_text())
     assert raw["heatmap"].shape == (4, 4) and info["label"] == "happy" and info["model"] == "emotion_model.hdf5"
     assert info["patch"] == [16, 16] and info["stats"]["positions"] == 16
 
@@ -82,7 +83,7 @@ def test_default_run_explains_a_bundled_xray(capsys, tmp_path):
     code, out, err = run(capsys, "explain", "--out", str(tmp_path), "--patch", "50", "--stride", "50", "--no-progress")
     assert code == 0, err
     assert "pneumonia Xception" in out and out.strip().splitlines()[-1].startswith("person1954_bacteria_4886: ")
-    assert (tmp_path / "person1954_bacteria_4886.png").exists()
+    assert (tmp_path / "person1954_bacteria_4886-exact.png").exists()
 
 
 def test_demo_images_by_token(capsys, tmp_path):
@@ -105,7 +106,21 @@ def test_help_reads_well(capsys):
     assert main(["explain", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--drilldown" in out and "bundled chest X-ray" in out and "examples:" in out
+    text = " ".join(out.split())
+    for fragment in ["default 0.7", "fraction=0.25,speedup=3", "'random' keeps random weights", "crop (centre crop",
+                     "pad (black bars", "stretch (distorted)", "KRYPTON_DEBUG=1", "<image>-<mode>.png",
+                     "0.5 for model files", "sigmoid(logit)", "at least 0.05"]:  # fmt: skip
+        assert fragment in text, fragment
+    assert main(["batch", "--help"]) == 0
+    assert "1 when some failed" in " ".join(capsys.readouterr().out.split())
     assert main([]) == 0 and "explain" in capsys.readouterr().out
+
+
+def test_resize_choices_are_the_preprocessing_ones():
+    from krypton.cli import RESIZE
+    from krypton.io.preprocess import RESIZE as PREPROCESS_RESIZE
+
+    assert RESIZE == PREPROCESS_RESIZE
 
 
 @pytest.mark.parametrize(
@@ -126,11 +141,22 @@ def test_help_reads_well(capsys):
         (["explian"], ["invalid choice: 'explian'"]),
         (["explain", "--patch", "0"], ["--patch: expected a positive integer"]),
         (["explain", "--drilldown", "lots"], ["--drilldown: expected on, off or KEY=VALUE"]),
-        (["explain", "FACE", *FAST, "--mode", "approximate", "--tau", "7"], ["tau"]),
+        (["explain", "FACE", *FAST, "--mode", "approximate", "--tau", "7"], ["--tau: expected a number with 0 < tau"]),
+        (["explain", "FACE", *FAST, "--fill", ""], ["--fill: expected finite numbers"]),
+        (["explain", "FACE", *FAST, "--fill", "nan"], ["--fill: expected finite numbers"]),
+        (["explain", "--drilldown", "fraction=0.25,speedup=3,coarse_stride=8"], ["speedup or coarse_stride, not both"]),
+        (["explain", "--drilldown", "coarse_stride=2.7"], ["coarse_stride S1 must be a positive int", "2.7"]),
+        (["explain", "--drilldown", "fraction=2"], ["fraction r must be in (0, 1]"]),
+        (["explain", "--target", "-3"], ["--target -3: a class index must be >= 0"]),
+        (["explain", "--scale", "3"], ["--scale: expected 'auto' or a probability drop"]),
+        (["explain", "--resize", "fit"], ["--resize: invalid choice: 'fit'"]),
+        (["explain", "FACE", *FAST, "--labels", "TWO_LABELS"], ["labels file", "has 2 class names; the model has 7"]),
     ],
 )
 def test_errors_are_one_line(capsys, tmp_path, face, argv, fragments):
-    argv = [str(face) if a == "FACE" else a for a in argv] + ["--out", str(tmp_path)] * (argv[0] == "explain")
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    swap = {"FACE": str(face), "TWO_LABELS": str(tmp_path / "two.txt")}
+    argv = [swap.get(a, a) for a in argv] + ["--out", str(tmp_path)] * (argv[0] == "explain")
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, *fragments)
 
@@ -172,7 +198,47 @@ def test_approximate_flags_reach_the_engine(capsys, tmp_path, face, extra):
                          "--out", str(tmp_path))  # fmt: skip
     assert code == 0, err
     assert "face:" in out.strip().splitlines()[-1] and "approximate" in out
+    assert (tmp_path / "face-approximate.png").exists() and not (tmp_path / "face-exact.png").exists()
 
+
+def test_one_logit_torchvision_head_is_explained_on_the_sigmoid(capsys, tmp_path, face):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=1)
+    torch.nn.init.normal_(model.fc.weight, std=0.5)
+    weights = tmp_path / "r18_1logit.pth"
+    torch.save(model.state_dict(), weights)
+    code, out, err = run(capsys, "explain", "--model", "resnet18", "--weights", str(weights), str(face),
+                         "--patch", "112", "--stride", "56", "--no-progress", "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "binary classifier" in out
+    info = json.loads((tmp_path / "face-exact.json").read_text())
+    z = float(np.load(tmp_path / "face-exact.npz")["base"][0])
+    assert info["label"] == ("positive" if z > 0 else "negative")
+    assert info["probability"] == pytest.approx(1 / (1 + np.exp(-abs(z))), rel=1e-5)
+    assert [t["label"] for t in info["top"]] and len(info["top"]) == 2
+    assert info["effect_size"] > 1e-4  # not the empty map of softmax over one logit
+
+
+def test_wrong_pairing_of_demo_image_and_model_is_warned(capsys, tmp_path):
+    code, _, err = run(capsys, "explain", "xray:0", "mri:0", "--patch", "75", "--stride", "75", "--no-progress",
+                       "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "warning: mri:0 is an image of the mri demo (brain MRI" in err and "chest X-ray" in err
+
+
+def test_mean_std_override_drops_the_unknown_preprocessing_note(capsys, tmp_path, face):
+    code, out, err = run(capsys, "explain", str(face), *FAST, "--mean", "0.5", "--std", "0.25", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "preprocessing unknown" not in out
+    code, out, err = run(capsys, "explain", str(face), *FAST, "--out", str(tmp_path))
+    assert "preprocessing unknown" in out
+
+
+def test_resize_pad_is_stated_and_scale_fixed_is_captioned(capsys, tmp_path, face):
+    code, out, err = run(capsys, "explain", str(face), *FAST, "--resize", "pad", "--scale", "0.5",
+                         "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "padded to fit" in out
 
 def test_console_script_exit_code_and_stderr(tmp_path):
     """The installed entry point, as a user runs it: exit code 2 and one stderr line, no traceback."""
@@ -184,3 +250,17 @@ def test_console_script_exit_code_and_stderr(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "krypton: error: image file not found: nope.png"
     assert io.StringIO(done.stdout).read() == ""
+
+
+def test_extreme_probability_on_a_users_image_gets_a_note(capsys, tmp_path, face):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3)).eval()  # fmt: skip
+    with torch.no_grad():
+        net[3].bias.copy_(torch.tensor([40.0, 0.0, 0.0]))  # class 0 at p ~ 1 whatever the image
+    path = tmp_path / "sure.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 32, 32),)), str(path))
+    code, out, err = run(capsys, "explain", str(face), "--model", str(path), "--patch", "16", "--stride", "16",
+                         "--no-progress", "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "is extreme" in out and "trained on" in out

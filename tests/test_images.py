@@ -167,11 +167,28 @@ def test_preprocess_channels_and_crop():
     torch.testing.assert_close(gray, torch.full((1, 10, 20), 0.587))
     wide = np.zeros((10, 30, 1), dtype=np.float32)
     wide[:, 10:20] = 1.0  # only the centre third is white: a centre crop to a square keeps just that
-    _, shown = Preprocess((10, 10), 3, crop=True, resample="nearest")(wide)
+    _, shown = Preprocess((10, 10), 3, resize="crop", resample="nearest")(wide)
     assert shown.min() == 1.0
 
 
+@pytest.mark.parametrize("resize", ["pad", "stretch"])
+def test_preprocess_pad_and_stretch_keep_the_whole_image(resize):
+    wide = np.zeros((10, 30, 1), dtype=np.float32)
+    wide[:, :5] = 1.0  # a white band at the left border: a centre crop would lose it
+    _, shown = Preprocess((10, 10), 1, resize=resize, resample="nearest")(wide)
+    assert shown[..., 0].max() == 1.0
+    if resize == "pad":  # 10x30 on a 30x30 canvas: black bars above and below, the band at full height
+        assert shown[:3].max() == 0.0 and shown[-3:].max() == 0.0 and shown[4:6, 0, 0].min() == 1.0
+    else:
+        assert shown[:, 0, 0].min() == 1.0
+    assert resize in Preprocess((10, 10), resize=resize).describe().replace("padded", "pad").replace(
+        "stretched", "stretch"
+    )
+
+
 def test_preprocess_rejects_bad_settings():
+    with pytest.raises(ValueError, match="resize must be one of crop, pad, stretch"):
+        Preprocess((4, 4), resize="fit")
     with pytest.raises(ValueError, match="channels"):
         Preprocess((4, 4), 2)
     with pytest.raises(ValueError, match="mean"):

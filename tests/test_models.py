@@ -157,11 +157,17 @@ def test_pt2_channels_last_and_fixed_batch(tmp_path):
     exact_matches_naive(loaded.module, x[0], 8, 8)
 
 
-def test_pt2_single_logit_becomes_two_classes(tmp_path):
+def test_pt2_single_logit_is_a_binary_classifier(tmp_path):
+    from krypton.scores import probabilities
+
     net = SmallNet(classes=1, head=nn.Sigmoid()).eval()
     loaded = load_model(_save_pt2(net, torch.rand(2, 3, 32, 32), tmp_path / "bin.pt2"))
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(torch.softmax(loaded.module(x), 1)[:, 1:], net(x))
+    logits = loaded.module(x)
+    assert logits.shape == (2, 1)  # the sigmoid is removed: the raw logit, read as two classes
+    torch.testing.assert_close(probabilities(logits)[:, 1:].float(), net(x))
+    assert loaded.class_names == ["negative", "positive"] and loaded.outputs == 1
+    assert any("binary classifier" in n for n in loaded.notes)
 
 
 def test_corrupt_pt2(tmp_path):
@@ -220,6 +226,59 @@ def test_onnx_folds_keras_flatten_and_matches_reference(tmp_path):
     reference = flat @ torch.from_numpy(w["fc_w"]) + torch.from_numpy(w["fc_b"])
     torch.testing.assert_close(loaded.module(x), reference, rtol=1e-4, atol=1e-4)
     exact_matches_naive(loaded.module, x[0], 4, 4)
+
+
+@pytest.mark.parametrize(
+    "arch, opset, dynamo",
+    [
+        ("resnet18", 13, False),
+        ("resnet18", 17, False),
+        ("resnet18", 18, True),
+        ("resnet18", 20, True),
+        ("mobilenet_v3_small", 17, False),
+        ("mobilenet_v3_small", 18, True),
+        ("efficientnet_b0", 20, False),
+        ("efficientnet_b0", 19, True),
+    ],
+)
+def test_torchvision_onnx_exports_load_and_match_torch(tmp_path, arch, opset, dynamo):
+    """Both torch.onnx exporters (TorchScript and dynamo), opsets 13-20: Identity nodes of deduplicated
+    weights, opset-18 reductions with input axes, allowzero reshapes and type-only newer opsets."""
+    import warnings
+
+    from tests.helpers import condition
+
+    model = condition(getattr(torchvision.models, arch)(weights=None), (1, 3, 224, 224))
+    path = tmp_path / f"{arch}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), opset_version=opset, dynamo=dynamo)
+    loaded = load_model(path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+        got = loaded.module(x)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+    if (arch, opset) == ("resnet18", 18):
+        exact_matches_naive(loaded.module, x[0], 112, 56)
+
+
+def test_unconvertible_onnx_names_the_node_and_op(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    shrink = helper.make_node("Shrink", ["x"], ["s"], name="my_shrink", lambd=0.5)
+    pool = helper.make_node("GlobalAveragePool", ["s"], ["p"])
+    flat = helper.make_node("Flatten", ["p"], ["y"])
+    graph = helper.make_graph(
+        [shrink, pool, flat],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]), str(tmp_path / "e.onnx"))
+    with pytest.raises(ModelError, match=r"node 'my_shrink' uses op Shrink \(opset 12\)"):
+        load_model(tmp_path / "e.onnx")
 
 
 def test_corrupt_onnx(tmp_path):

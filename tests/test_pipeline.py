@@ -221,3 +221,29 @@ def test_naive_is_enough_for_cheap_runs():
 def test_path_is_validated():
     with pytest.raises(ValueError, match="path"):
         krypton.explain(cnn(), torch.randn(3, 8, 8), patch=4, stride=4, path="fast")
+
+
+def test_capture_is_announced_as_a_phase_and_the_bar_times_positions_only():
+    model, image = cnn(), torch.randn(3, 16, 16)
+    occ, _ = grid_occlusions(image[None], (4, 4), (4, 4), torch.zeros(3, 4, 4))
+    heard: list[str | None] = []
+    pipeline_run.evaluate(model, occ, path="incremental", on_phase=heard.append)
+    assert heard == ["capturing the model graph", None]
+    heard.clear()
+    pipeline_run.evaluate(model, occ, path="incremental", on_phase=heard.append)
+    assert heard == []  # the graph is in memory: no slow phase to announce
+
+
+def test_progress_bar_shows_the_capture_phase(capsys):
+    from tqdm import tqdm
+
+    from krypton.api import _phase
+
+    bar = tqdm(total=10, desc="krypton exact")
+    start = bar.start_t
+    _phase(bar, "krypton exact", "capturing the model graph")
+    assert "capturing the model graph" in bar.desc
+    _phase(bar, "krypton exact", None)
+    assert bar.desc.startswith("krypton exact") and "capturing" not in bar.desc
+    assert bar.start_t >= start and "graph ready in" in bar.postfix
+    bar.close()

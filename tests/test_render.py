@@ -98,3 +98,29 @@ def test_bad_style_and_suffix(tmp_path, result):
         plot(explanation, style="rainbow")
     with pytest.raises(ValueError, match="cannot save"):
         save(explanation, tmp_path / "x.gif")
+
+
+def test_colour_scale_auto_has_a_floor_and_fixed_scales_are_checked(result):
+    from krypton.outputs.render import AUTO_FLOOR, colour_limit, effect_size
+
+    result, image = result
+    effect = effect_size(result)
+    assert effect == pytest.approx(float(np.abs(drop_map(result)).max()))
+    assert colour_limit(result) == max(effect, AUTO_FLOOR)
+    assert colour_limit(result, 0.5) == 0.5
+    for bad in (0, 1.5, "big", True):
+        with pytest.raises(ValueError, match="scale must be 'auto' or a number in"):
+            colour_limit(result, bad)
+    assert summary(result)["effect_size"] == pytest.approx(effect)
+    _png_ok(png_bytes(result, image, scale=0.5))
+
+
+def test_tiny_effects_stay_pale_under_the_auto_scale(result):
+    """A map whose largest drop is 0.001 must not be drawn at full colour (the floor of the auto scale)."""
+    from krypton.outputs.render import colour_limit
+
+    result, _ = result
+    tiny = krypton.Explanation(**{**result.__dict__, "scores": result.scores * 0 + result.base})
+    tiny.scores[0, 0, tiny.target] -= 0.004  # one position barely lowers the target
+    assert 0 < float(np.abs(drop_map(tiny)).max()) < 0.01
+    assert colour_limit(tiny) >= 0.05

@@ -15,6 +15,7 @@ import torch
 from krypton.io.images import ImageError, read_image
 
 RESAMPLE = ("bilinear", "nearest", "bicubic")
+RESIZE = ("crop", "pad", "stretch")  # how an image of another aspect ratio meets the model's input size
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
@@ -22,15 +23,17 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's 
 class Preprocess:
     """How a model wants its input: `x = (pixel - mean) / std` with pixels in [0, 1], per channel.
 
-    size: (H, W) of the model input; channels: 1 (gray) or 3 (RGB); crop: centre-crop to the input's
-    aspect ratio before resizing (ImageNet style) instead of stretching; resample: PIL filter name.
+    size: (H, W) of the model input; channels: 1 (gray) or 3 (RGB); resample: PIL filter name;
+    resize: how an image of another aspect ratio is fitted -- "crop" (centre crop, ImageNet style: the
+    borders are never explained), "pad" (black bars, the whole image is explained) or "stretch" (the
+    whole image, distorted).
     """
 
     size: tuple[int, int]
     channels: int = 3
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-    crop: bool = False
+    resize: str = "stretch"
     resample: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -44,6 +47,8 @@ class Preprocess:
                 raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(value)}")
         if any(s == 0 for s in self.std):
             raise ValueError("std values must be non-zero")
+        if self.resize not in RESIZE:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE)}, got {self.resize!r}")
         if self.resample not in RESAMPLE:
             raise ValueError(f"resample must be one of {RESAMPLE}, got {self.resample!r}")
 
@@ -54,13 +59,16 @@ class Preprocess:
         mean = ",".join(f"{m:g}" for m in self.mean)
         std = ",".join(f"{s:g}" for s in self.std)
         gray = "gray" if self.channels == 1 else "RGB"
-        return f"{self.size[0]}x{self.size[1]} {gray}, (pixel/255 - [{mean}]) / [{std}]"
+        fit = {"crop": "centre-cropped", "pad": "padded", "stretch": "stretched"}[self.resize]
+        return f"{self.size[0]}x{self.size[1]} {gray} ({fit} to fit), (pixel/255 - [{mean}]) / [{std}]"
 
     def pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, C) [0, 1] pixels cropped, resized and converted to the model's channel count."""
         pixels = _as_hwc(pixels)
-        if self.crop:
+        if self.resize == "crop":
             pixels = _center_crop(pixels, self.size[1] / self.size[0])
+        elif self.resize == "pad":
+            pixels = _pad(pixels, self.size[1] / self.size[0])
         pixels = _resize(pixels, self.size, self.resample)
         if self.channels == 3 and pixels.shape[-1] == 1:
             pixels = np.repeat(pixels, 3, axis=-1)
@@ -106,6 +114,18 @@ def _center_crop(pixels: np.ndarray, aspect: float) -> np.ndarray:
     new_h = max(1, round(w / aspect))
     top = (h - new_h) // 2
     return pixels[top : top + new_h]
+
+
+def _pad(pixels: np.ndarray, aspect: float) -> np.ndarray:
+    """The image centred on black bars so that width/height = aspect (nothing of it is lost)."""
+    h, w = pixels.shape[:2]
+    if w / h > aspect:
+        new_h = max(h, round(w / aspect))
+        top = (new_h - h) // 2
+        return np.pad(pixels, ((top, new_h - h - top), (0, 0), (0, 0)))
+    new_w = max(w, round(h * aspect))
+    left = (new_w - w) // 2
+    return np.pad(pixels, ((0, 0), (left, new_w - w - left), (0, 0)))
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:

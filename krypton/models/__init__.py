@@ -13,7 +13,7 @@ from torch import nn
 
 from krypton.models.demos import DEMOS, Demo, DemoImage, demo_image
 from krypton.models.errors import ModelError
-from krypton.models.spec import LoadedModel
+from krypton.models.spec import UNKNOWN_PREPROCESSING, LoadedModel
 
 __all__ = [
     "DEMOS",
@@ -111,8 +111,9 @@ def with_overrides(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     labels: str | Path | None = None,
+    resize: str | None = None,
 ) -> LoadedModel:
-    """Apply a user's input size, normalisation and class-name file (CLI, batch runs) to a loaded model."""
+    """Apply a user's input size, normalisation, aspect-ratio fitting and class-name file (CLI, batch runs)."""
     from dataclasses import replace
 
     from krypton.io import Preprocess
@@ -126,6 +127,9 @@ def with_overrides(
         pre = pre.with_size(size)
     if mean or std:
         pre = replace(pre, mean=tuple(mean or pre.mean), std=tuple(std or pre.std))
+        loaded.notes = [n for n in loaded.notes if not n.startswith(UNKNOWN_PREPROCESSING)]
+    if resize:
+        pre = replace(pre, resize=resize)
     loaded.preprocess = pre
     if labels:
         try:
@@ -135,5 +139,11 @@ def with_overrides(
         names = [line.strip() for line in lines if line.strip()]
         if not names:
             raise ModelError(f"labels file {labels} has no class names")
+        expected = None if loaded.outputs is None else max(loaded.outputs, 2)
+        if expected is not None and len(names) != expected:
+            binary = " (a one-logit binary model: negative, positive)" if loaded.outputs == 1 else ""
+            raise ModelError(
+                f"labels file {labels} has {len(names)} class names; the model has {expected} classes{binary}"
+            )
         loaded.class_names = names
     return loaded

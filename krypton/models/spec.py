@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from krypton.io.preprocess import Preprocess
+from krypton.scores import BINARY_NAMES
+
+UNKNOWN_PREPROCESSING = "preprocessing unknown"
+UNKNOWN_PREPROCESSING_NOTE = (
+    f"{UNKNOWN_PREPROCESSING}: using [-1, 1] scaling; set --mean/--std if the model expects otherwise"
+)
+
+
+def binary_names(outputs: int | None) -> list[str] | None:
+    """Class names of a one-logit binary head ([negative, positive]); None for any other head."""
+    return list(BINARY_NAMES) if outputs == 1 else None
 
 
 @dataclass
@@ -14,7 +25,8 @@ class LoadedModel:
     """A model ready for `krypton.explain`: maps (B, C, H, W) to (B, K) logits.
 
     preprocess is None when the source does not say how inputs are prepared (a plain nn.Module);
-    class_names is None when the source has no names (labels are then the class indices).
+    class_names is None when the source has no names (labels are then the class indices);
+    outputs is the model's output count K when the source knows it (1: a binary one-logit head).
     """
 
     module: nn.Module
@@ -22,6 +34,7 @@ class LoadedModel:
     preprocess: Preprocess | None = None
     class_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    outputs: int | None = None
 
     def label(self, index: int) -> str:
         """Human name of class `index` (the index itself when names are unknown)."""

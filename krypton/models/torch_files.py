@@ -16,8 +16,8 @@ from torch import nn
 
 from krypton.io.preprocess import IMAGENET, Preprocess
 from krypton.models.errors import ModelError
-from krypton.models.graph import ChannelsLast, clean, finish
-from krypton.models.spec import LoadedModel
+from krypton.models.graph import ONE_LOGIT_NOTE, ChannelsLast, clean, finish
+from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 INPUT_SIZE = {"inception_v3": 299, "googlenet": 224}  # torchvision's native sizes, 224 unless listed
 PICKLE_HELP = (
@@ -95,10 +95,12 @@ def load_torchvision(arch: str, weights: str | Path | None) -> LoadedModel:
     if state is not None:
         _load_state(model, state, arch, weights)
     size = INPUT_SIZE.get(arch, 224)
-    names = _imagenet_classes() if classes in (None, 1000) else None
-    pre = Preprocess((size, size), 3, crop=True, **IMAGENET)
+    names = _imagenet_classes() if classes in (None, 1000) else binary_names(classes)
+    pre = Preprocess((size, size), 3, resize="crop", **IMAGENET)
     note = [] if state is not None else ["random weights: the explanation shows an untrained model"]
-    return LoadedModel(model.eval(), f"torchvision {arch}", pre, names, note)
+    if classes == 1:
+        note.append(ONE_LOGIT_NOTE)
+    return LoadedModel(model.eval(), f"torchvision {arch}", pre, names, note, classes or 1000)
 
 
 def _build(arch: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -173,7 +175,7 @@ def load_pt2(path: str | Path) -> LoadedModel:
     if channels_last:
         module = ChannelsLast(module)
     example = torch.zeros(1, c, h, w)
-    graph, notes = finish(module, example, f"ExportedProgram {path.name}")
+    graph, notes, outputs = finish(module, example, f"ExportedProgram {path.name}")
     pre = Preprocess((h, w), c)
-    notes.append("preprocessing unknown: using [-1, 1] scaling; set --mean/--std if the model expects otherwise")
-    return LoadedModel(graph, path.name, pre, None, notes)
+    notes.append(UNKNOWN_PREPROCESSING_NOTE)
+    return LoadedModel(graph, path.name, pre, binary_names(outputs), notes, outputs)

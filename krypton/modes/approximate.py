@@ -47,7 +47,8 @@ class Drilldown:
 
     fraction: share r of the fine grid re-explained at the requested stride (0 < r <= 1);
     speedup: target speedup of the two stages over one fine pass, sets the coarse stride (Eq. 29);
-    coarse_stride: the stage-1 stride S1 itself (overrides `speedup`); must be >= the stride.
+    coarse_stride: the stage-1 stride S1 itself (instead of `speedup`; giving both is an error);
+    must be a positive int (or pair) >= the stride.
     """
 
     fraction: float = 0.25
@@ -67,11 +68,19 @@ def parse_drilldown(value: Any) -> Drilldown | None:
         unknown = set(value) - {"fraction", "speedup", "coarse_stride"}
         if unknown:
             raise ValueError(f"drilldown has unknown keys {sorted(unknown)}; allowed: fraction, speedup, coarse_stride")
+        if "speedup" in value and value.get("coarse_stride") is not None:
+            raise ValueError("drilldown takes speedup or coarse_stride, not both (coarse_stride fixes the speedup)")
         result = Drilldown(**value)
     else:
         raise ValueError(f"drilldown must be None, True, a krypton.Drilldown or a dict, got {type(value).__name__}")
     if not isinstance(result.fraction, (int, float)) or not 0 < result.fraction <= 1:
         raise ValueError(f"drilldown fraction r must be in (0, 1], got {result.fraction!r}")
+    s1 = result.coarse_stride
+    pair = s1 if isinstance(s1, (tuple, list)) else (s1,)
+    if s1 is not None and (
+        len(pair) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
+    ):
+        raise ValueError(f"drilldown coarse_stride S1 must be a positive int or a pair of them, got {s1!r}")
     if result.coarse_stride is None:
         if not isinstance(result.speedup, (int, float)) or result.speedup <= 1:
             raise ValueError(f"drilldown speedup must be > 1, got {result.speedup!r}")

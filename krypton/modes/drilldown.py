@@ -1,9 +1,10 @@
 """Adaptive drill-down: a coarse pass over the whole image, then a fine pass where it matters.
 
-Stage 1 explains the coarse grid (stride S1); its class-probability maps are interpolated onto the
-fine grid; stage 2 explains, at the requested stride, the fraction r of fine cells with the lowest
-interpolated target probability (largest drop). The result keeps stage-2 outputs where drilled and the
-interpolated stage-1 values elsewhere, stored as log-probabilities so that softmax gives them back.
+Stage 1 explains the coarse grid (stride S1); its logits are interpolated onto the fine grid;
+stage 2 explains, at the requested stride, the fraction r of fine cells with the lowest interpolated
+target probability (largest drop). The result keeps stage-2 logits where drilled and interpolated
+stage-1 logits elsewhere: one space for every cell, so probabilities (`krypton.scores`) and
+attributions (logit drops) read drilled and interpolated cells alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from krypton.modes.approximate import select_cells, upsample
 from krypton.modes.occlusions import Occlusions, grid_occlusions
+from krypton.scores import probabilities
 
 
 def coarse_occlusions(
@@ -32,10 +34,11 @@ def drill(
     target: int,
     fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolated class probabilities on the fine grid (H_M, W_M, K), and the fine rows to drill."""
-    probs = torch.softmax(stage1.double(), dim=-1).reshape(*coarse_grid, -1).cpu().numpy()
-    interpolated = upsample(probs, s1, grid, stride)
-    drilled = select_cells(interpolated[..., target], fraction)
+    """Interpolated logits on the fine grid (H_M, W_M, K), and the fine rows to drill."""
+    logits = stage1.double().reshape(*coarse_grid, -1).cpu().numpy()
+    interpolated = upsample(logits, s1, grid, stride)
+    target_probability = probabilities(torch.from_numpy(interpolated))[..., target].numpy()
+    drilled = select_cells(target_probability, fraction)
     return interpolated, np.nonzero(drilled.reshape(-1))[0]
 
 
@@ -44,9 +47,8 @@ def subset(occ: Occlusions, rows: np.ndarray) -> Occlusions:
 
 
 def combine(interpolated: np.ndarray, rows: np.ndarray, stage2: torch.Tensor) -> torch.Tensor:
-    """Fine-grid scores (P, K): stage-2 outputs at drilled rows, log interpolated probabilities elsewhere."""
+    """Fine-grid logits (P, K): stage-2 outputs at drilled rows, interpolated stage-1 logits elsewhere."""
     k = interpolated.shape[-1]
-    scores = torch.from_numpy(np.log(np.clip(interpolated.reshape(-1, k), 1e-30, None)))
-    scores = scores.to(stage2.device, stage2.dtype)
+    scores = torch.from_numpy(interpolated.reshape(-1, k)).to(stage2.device, stage2.dtype)
     scores[torch.from_numpy(rows).to(stage2.device)] = stage2
     return scores

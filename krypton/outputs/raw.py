@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from krypton.outputs.render import caption, drop_map, label_of
+from krypton.outputs.render import caption, drop_map, effect_size, label_of
+from krypton.scores import probabilities
 
 
 def _plain(value: Any) -> Any:
@@ -38,7 +39,7 @@ def _plain(value: Any) -> Any:
 def summary(explanation: Any, class_names: list[str] | None = None, top: int = 5) -> dict[str, Any]:
     """The explanation's metadata as a JSON-ready dict (target, label, probability, top classes, settings)."""
     class_names = class_names if class_names is not None else getattr(explanation, "class_names", None)
-    probs = torch.softmax(explanation.base.double(), dim=-1)
+    probs = probabilities(explanation.base)
     best = torch.argsort(probs, descending=True)[:top].tolist()
     heat = explanation.heatmap
     return {
@@ -48,6 +49,7 @@ def summary(explanation: Any, class_names: list[str] | None = None, top: int = 5
         "top": [{"index": i, "label": label_of(i, class_names), "probability": float(probs[i])} for i in best],
         "heatmap_min": float(heat.min()),
         "heatmap_max": float(heat.max()),
+        "effect_size": effect_size(explanation),  # largest per-pixel drop in P(target)
         "patch": list(explanation.patch),
         "stride": list(explanation.stride),
         "image_size": list(explanation.image_size),

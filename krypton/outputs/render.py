@@ -2,7 +2,10 @@
 
 Two styles. "overlay" (default): per pixel, how much occluding it lowers the target's probability
 (mean over the patches covering it), warm where the drop is largest, transparent where nothing changes,
-so the anatomy stays readable. "paper": the Krypton paper's map, the probability itself at each patch
+so the anatomy stays readable. Its colour scale is symmetric: `scale=` a fixed limit (maps comparable
+across images and modes) or "auto", this map's largest effect but never below AUTO_FLOOR, so that a
+0.001 change is not drawn as vividly as a 0.9 one. The caption states the scale and the effect size.
+"paper": the Krypton paper's map, the probability itself at each patch
 position in jet_r clipped to [0.75 p, min(1, 1.25 p)] (red = occlusion lowers the probability).
 Matplotlib is used without pyplot so that rendering works headless and in threads.
 """
@@ -16,7 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from krypton.scores import probabilities
+
 STYLES = ("overlay", "paper")
+AUTO_FLOOR = 0.05  # smallest automatic colour-scale limit, in probability drop
 FIGSIZE = (10.0, 5.2)  # inches; with DPI gives the PNG size in pixels
 DPI = 100
 
@@ -61,6 +67,20 @@ def display_pixels(image: Any) -> np.ndarray | None:
     return np.clip(array[..., :3], 0.0, 1.0)
 
 
+def effect_size(explanation: Any) -> float:
+    """Largest per-pixel change of P(target) under occlusion (the overlay's |drop|)."""
+    return float(np.abs(drop_map(explanation)).max())
+
+
+def colour_limit(explanation: Any, scale: float | str = "auto") -> float:
+    """The overlay's symmetric colour limit: `scale` itself, or "auto" = max(effect size, AUTO_FLOOR)."""
+    if scale == "auto":
+        return max(effect_size(explanation), AUTO_FLOOR)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ValueError(f"scale must be 'auto' or a number in (0, 1] (a probability drop), got {scale!r}")
+    return float(scale)
+
+
 def caption(explanation: Any) -> str:
     """'patch 16x16, stride 8, mode exact, 289 positions in 12.3 s, 1.1x fewer MACs than naive'."""
     ph, pw = explanation.patch
@@ -78,7 +98,7 @@ def caption(explanation: Any) -> str:
 
 def title(explanation: Any, class_names: list[str] | None) -> str:
     target = explanation.target
-    probs = torch.softmax(explanation.base.double(), dim=-1)
+    probs = probabilities(explanation.base)
     top = int(probs.argmax())
     text = f"{label_of(target, class_names)}  (p = {explanation.probability:.3f})"
     if top != target:
@@ -94,22 +114,25 @@ def plot(
     style: str = "overlay",
     alpha: float = 0.6,
     name: str | None = None,
+    scale: float | str = "auto",
 ):  # noqa: ANN201 - matplotlib.figure.Figure, imported lazily
     """A matplotlib Figure: the image (left) and the heat map over it (right), title, colorbar, caption.
 
     image: the displayed image, (H, W, C) [0, 1] pixels or the model's (C, H, W) input tensor; defaults
-    to `explanation.display_image` when set. name: optional model/image line for the title.
+    to `explanation.display_image` when set. name: optional model/image line for the title. scale: the
+    overlay's colour limit ("auto" or a fixed probability drop, see the module docstring).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    limit = colour_limit(explanation, scale)
     class_names = class_names if class_names is not None else getattr(explanation, "class_names", None)
     pixels = display_pixels(image if image is not None else getattr(explanation, "display_image", None))
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.05], left=0.03, right=0.9, wspace=0.08, top=0.86, bottom=0.1)
+    grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.05], left=0.03, right=0.9, wspace=0.08, top=0.86, bottom=0.13)
     left, right, bar = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
     h, w = explanation.image_size
     if pixels is not None:
@@ -118,8 +141,10 @@ def plot(
         right.imshow(pixels, extent=(0, w, h, 0), interpolation="bilinear")
     else:  # no image known (e.g. `_repr_png_` of a bare Explanation): show the raw grid instead
         left.imshow(explanation.heatmap.numpy(), cmap="jet_r", extent=(0, w, h, 0), interpolation="nearest")
-        left.set_title("P(target) per patch position (no image attached)", fontsize=10)
-    mappable = _paper(explanation, right) if style == "paper" else _overlay(explanation, right, alpha)
+        left.set_title("P(target) per patch position", fontsize=10)
+        right.imshow(np.full((h, w, 3), 0.5), extent=(0, w, h, 0))
+        right.text(w / 2, h - 2, "no image attached: use .plot(image)", ha="center", va="bottom", fontsize=8)
+    mappable = _paper(explanation, right) if style == "paper" else _overlay(explanation, right, alpha, limit)
     right.set_title("occlusion heat map" if style == "overlay" else "P(target) with the patch here", fontsize=10)
     for ax in (left, right):
         ax.set_xlim(0, w)
@@ -131,18 +156,22 @@ def plot(
     cb.set_label(label, fontsize=9)
     head = title(explanation, class_names)
     fig.suptitle(head if not name else f"{head}\n{name}", fontsize=12)
-    fig.text(0.5, 0.025, caption(explanation), ha="center", fontsize=9, color="0.25")
+    scale_note = f"colour scale ±{limit:.3g}" + (" (auto)" if scale == "auto" else " (fixed)")
+    if style == "paper":
+        scale_note = "colour scale: the paper's [0.75 p, 1.25 p]"
+    effect = f"largest drop in P(target) {effect_size(explanation):.3g}"
+    fig.text(0.5, 0.012, f"{caption(explanation)}\n{effect}; {scale_note}", ha="center", va="bottom", fontsize=9,
+             color="0.25")
     return fig
 
 
-def _overlay(explanation: Any, ax: Any, alpha: float) -> Any:
+def _overlay(explanation: Any, ax: Any, alpha: float, limit: float) -> Any:
     """Per-pixel drop in RdBu_r, opacity growing with |drop| so unaffected regions stay visible."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     drop = drop_map(explanation)
-    limit = max(float(np.abs(drop).max()), 1e-6)
     norm = Normalize(-limit, limit)
     cmap = colormaps["RdBu_r"]
     rgba = cmap(norm(drop))

@@ -66,15 +66,18 @@ def evaluate(
     on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
     levels: np.ndarray | None = None,
     clean: torch.Tensor | None = None,
+    on_phase: Callable[[str | None], None] | None = None,
 ) -> tuple[torch.Tensor, RunStats]:
     """(P, K) outputs for every occlusion and how they were computed.
 
     `mode` is "naive", "exact" or "approximate" (with `tau`); `path` "auto" lets measurement choose,
     "incremental" insists on the engine (still falling back on failure), "naive" forbids it.
     `levels` (P,) orders the visit (lower first: coarse grid cells); `on_batch(index, outputs)` sees
-    partial results; `clean` is the model's output on the clean image, if the caller has it.
+    partial results; `clean` is the model's output on the clean image, if the caller has it;
+    `on_phase(text)` hears when a slow phase without progress starts (capturing the graph) and ends (None).
     """
     run = _Run(model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean)
+    run.on_phase = on_phase
     started = time.perf_counter()
     outputs = run.go()
     run.stats.wall_time_s = time.perf_counter() - started
@@ -93,6 +96,7 @@ class _Run:
         self.naive = FastestNaive(model, occ, self.collector, batch_size)
         self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
         self.incremental_done: list[np.ndarray] = []
+        self.on_phase: Callable[[str | None], None] | None = None
 
     def go(self) -> torch.Tensor:
         if self.mode == "naive" or self.path == "naive":
@@ -111,10 +115,16 @@ class _Run:
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
                     f"having the graph (~{estimate:.2g} s)"
                 )
+        announce = self.on_phase is not None and graphs.in_memory(self.model, self.occ.image) is None
+        if announce:
+            self.on_phase("capturing the model graph")
         try:
             found = graphs.graph_for(self.model, self.occ.image, self.clean)
         except CaptureError as exc:
             return self._fail(str(exc))
+        finally:
+            if announce:
+                self.on_phase(None)
         self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
         try:
             plan = plan_for(found.graph, self.occ, threshold(self.tau))

@@ -23,14 +23,15 @@ re-run the same command to resume: finished images are skipped, missing or faile
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `batch` subcommand to `krypton`'s subparsers (parser_class is krypton's one-line-error Parser)."""
-    from krypton.cli import _drilldown, _floats, _model_args, _positive
+    from krypton.cli import _drilldown, _floats, _model_args, _positive, _tau
 
     parser = subparsers.add_parser(
         "batch",
         help="explain many images (folder, glob, list file) on one or many workers, resumably",
         description="Explain every image of INPUT and write OUT/<image>.png/.npz/.json plus OUT/manifest.jsonl. "
         "Runs locally (one worker per CPU, on a loopback-only Ray; this process alone with --workers 1) or "
-        "on an existing Ray cluster (--cluster).",
+        "on an existing Ray cluster (--cluster). Exit code: 0 when every image was explained, 1 when some "
+        "failed (each failure is in the manifest with its reason), 2 for a usage error.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--stride", type=_positive, metavar="N", help="step between positions (default: patch/2)")
     group.add_argument("--fill", type=_floats, default=(0.0,), metavar="V[,V,V]", help="patch value (default 0)")
     group.add_argument("--mode", choices=("naive", "exact", "approximate"), default="exact", help="default: exact")
-    group.add_argument("--tau", type=float, metavar="T", help="approximate mode: projective-field threshold")
+    group.add_argument("--tau", type=_tau, metavar="T", help="approximate mode: projective-field threshold (0, 1]")
     group.add_argument(
         "--drilldown", nargs="?", const=True, type=_drilldown, metavar="SPEC", help="approximate mode: drill-down"
     )

@@ -20,6 +20,7 @@ from krypton.models.demos import DEMOS, Demo, DemoImage, package_dir
 from krypton.models.errors import ModelError
 from krypton.models.spec import LoadedModel
 from krypton.pipeline import guarded_call
+from krypton.scores import probabilities
 from krypton.web.jobs import NotFound
 
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer's label order
@@ -112,7 +113,7 @@ class Picture:
 
     @property
     def probs(self) -> torch.Tensor:
-        return torch.softmax(self.base.double(), -1)
+        return probabilities(self.base)
 
 
 class Pictures:

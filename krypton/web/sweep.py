@@ -21,6 +21,7 @@ from krypton.modes.drilldown import subset
 from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import Update, fill_missing, levels
 from krypton.pipeline import evaluate, guarded_call
+from krypton.scores import probabilities
 
 NAIVE_BATCH = 16
 
@@ -121,7 +122,7 @@ class _Progress:
         self.target, self.on_update, self.started = target, on_update, time.perf_counter()
 
     def __call__(self, index: np.ndarray, outputs: torch.Tensor) -> None:
-        probs = torch.softmax(outputs.double(), -1)[:, self.target].cpu().numpy()
+        probs = probabilities(outputs)[:, self.target].cpu().numpy()
         self.values.reshape(-1)[index] = probs
         self.done.reshape(-1)[index] = True
         if self.on_update is not None:

@@ -21,6 +21,7 @@ from krypton.modes.approximate import Drilldown, parse_drilldown
 from krypton.outputs.raw import raw_arrays, summary
 from krypton.outputs.render import png_bytes
 from krypton.pipeline import graph_for
+from krypton.scores import class_count, probabilities
 from krypton.web.catalog import Models, Picture, Pictures, fill_values
 from krypton.web.estimate import Estimator
 from krypton.web.jobs import Job, NotFound, PhaseMap
@@ -87,7 +88,7 @@ def make_spec(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if patch > min(h, w):
         raise ValueError(f"patch {patch} is larger than the model input ({h}x{w}); use a patch <= {min(h, w)}")
-    classes = picture.base.numel()
+    classes = class_count(picture.base)
     if target is not None and not 0 <= target < classes:
         raise ValueError(f"target must be a class index in [0, {classes}), got {target}")
     if mode != "approximate" and (tau is not None or drilldown is not None or compare):
@@ -296,4 +297,4 @@ def occluded_prediction(picture: Picture, loaded: LoadedModel, mask: np.ndarray,
     values = torch.tensor(fill_values(loaded, rgb), dtype=picture.tensor.dtype).view(-1, 1, 1)
     keep = torch.from_numpy(~mask)[None]
     occluded = torch.where(keep, picture.tensor, values.expand_as(picture.tensor))
-    return torch.softmax(predict(loaded.module, occluded).double(), -1)
+    return probabilities(predict(loaded.module, occluded))
