@@ -264,3 +264,15 @@ def test_extreme_probability_on_a_users_image_gets_a_note(capsys, tmp_path, face
                          "--no-progress", "--out", str(tmp_path))  # fmt: skip
     assert code == 0, err
     assert "is extreme" in out and "trained on" in out
+
+
+def test_keras_backend_other_than_torch_is_named(tmp_path, face):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from krypton.cli import main; sys.exit(main())", "explain", str(face),
+         "--model", str(FER), "--no-progress", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "KERAS_BACKEND=tensorflow" in done.stderr and "set it to torch" in done.stderr
+    assert "need Keras 3" not in done.stderr
