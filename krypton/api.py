@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ def explain(
     image: torch.Tensor,
     *,
     target: int | None = None,
-    patch: int | tuple[int, int] = 16,
-    stride: int | tuple[int, int] = 4,
+    patch: int | tuple[int, ...] = 16,
+    stride: int | tuple[int, ...] = 4,
     fill: Any = 0.0,
     mode: str = "exact",
     tau: float | None = None,
@@ -85,13 +86,14 @@ def explain(
     and full inference measures faster (recorded in `stats["path"]` and `stats["reason"]`);
     "incremental" insists on the engine, "naive" forbids it.
     """
-    patch = _validate.pair("patch", patch)
-    stride = _validate.pair("stride", stride)
+    rank = _validate.rank_of(image, patch, stride)
+    patch = _validate.spatial("patch", patch, rank)
+    stride = _validate.spatial("stride", stride, rank)
     mode = _validate.mode(mode, MODES)
     path = _validate.mode(path, PATHS, name="path")
     batch_size = _validate.positive_int("batch_size", batch_size)
     tau, settings = _approximation(mode, tau, drilldown)
-    image = _validate.image(image)
+    image = _validate.image(image, rank)
     _validate.patch_fits(patch, tuple(image.shape[2:]))
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -110,7 +112,7 @@ def explain(
 
 
 def _explain(
-    model: nn.Module, image: torch.Tensor, *, patch: tuple[int, int], stride: tuple[int, int], fill: Any,
+    model: nn.Module, image: torch.Tensor, *, patch: tuple[int, ...], stride: tuple[int, ...], fill: Any,
     target: Any, mode: str, tau: float, settings: Drilldown | None, batch_size: int | None, progress: bool,
     on_update: OnUpdate | None, path: str,
 ) -> Explanation:
@@ -132,7 +134,7 @@ def _explain(
         positions=job.positions,
         patch=patch,
         stride=stride,
-        image_size=(int(image.shape[2]), int(image.shape[3])),
+        image_size=tuple(int(n) for n in image.shape[2:]),
         mode=stats["mode"],
         stats=stats,
         drilled=None if drilled is None else torch.from_numpy(drilled),
@@ -161,7 +163,7 @@ class _Job:
         self.progress, self.on_update = progress, on_update
         self.path, self.clean = "auto", None
         self.fine, self.positions = grid_occlusions(image, patch, stride, fill)
-        self.grid = tuple(self.positions.shape[:2])
+        self.grid = tuple(self.positions.shape[:-1])
         self.started = time.perf_counter()
 
     def run(self, settings: Drilldown | None) -> tuple[torch.Tensor, dict[str, Any], np.ndarray | None]:
@@ -269,10 +271,10 @@ def _phase(bar: Any, label: str, text: str | None) -> None:
 
 def _grid_levels(occ: Occlusions) -> np.ndarray | None:
     """Visiting levels of a full grid of positions (coarse cells first); None off-grid."""
-    ys, xs = np.unique(occ.lo[:, 1]), np.unique(occ.lo[:, 2])
-    if len(ys) * len(xs) != occ.count:
+    grid = tuple(len(np.unique(occ.lo[:, axis])) for axis in range(1, occ.lo.shape[1]))
+    if math.prod(grid) != occ.count:
         return None
-    return levels((len(ys), len(xs))).reshape(-1)
+    return levels(grid).reshape(-1)
 
 
 @dataclass
@@ -317,22 +319,27 @@ class Analysis:
 def analyze(
     model: nn.Module,
     input_shape: tuple[int, ...],
-    patch: int | tuple[int, int] = 16,
-    stride: int | tuple[int, int] = 4,
+    patch: int | tuple[int, ...] = 16,
+    stride: int | tuple[int, ...] = 4,
     batch_size: int | None = None,
     tau: float = 1.0,
 ) -> Analysis:
     """Theoretical (MAC-count) speedup of incremental inference over naive, per op.
 
+    `input_shape` is (C, *spatial) or (1, C, *spatial) for a signal, image or volume (as for `explain`);
     `tau` < 1 predicts approximate mode with projective-field thresholding.
     """
-    patch, stride = _validate.pair("patch", patch), _validate.pair("stride", stride)
+    if not isinstance(input_shape, (tuple, list)) or not all(isinstance(n, int) and n > 0 for n in input_shape):
+        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+    rank = _validate.rank_of(torch.empty(tuple(input_shape), device="meta"), patch, stride)
+    patch, stride = _validate.spatial("patch", patch, rank), _validate.spatial("stride", stride, rank)
     tau, _ = _approximation("approximate", tau, None)
     shape = tuple(input_shape)
-    if len(shape) == 3:
+    if len(shape) == rank + 1:
         shape = (1,) + shape
-    if len(shape) != 4 or shape[0] != 1 or min(shape) <= 0:
-        raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
+    if len(shape) != rank + 2 or shape[0] != 1:
+        raise ValueError(f"input_shape must be (C, *spatial) or (1, C, *spatial) with {rank} spatial axes, "
+                         f"got {tuple(input_shape)}")
     _validate.patch_fits(patch, shape[2:])
     image = torch.zeros(shape)
     graph = captured(model, image)

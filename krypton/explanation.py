@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from krypton.scores import check_target, class_logit, probabilities
@@ -12,11 +13,12 @@ from krypton.scores import check_target, class_logit, probabilities
 
 @dataclass
 class Explanation:
-    """Model outputs for every occlusion position of one image.
+    """Model outputs for every occlusion position of one input (signal, image or volume).
 
-    scores: (H_M, W_M, K) model outputs with the patch at each grid position;
-    base: (K,) output for the clean image; target: the explained class;
-    positions: (H_M, W_M, 2) top-left (y, x) of the patch at each grid cell.
+    scores: (*grid, K) model outputs with the patch at each grid position, e.g. (H_M, W_M, K) for an
+    image, (L_M, K) for a signal, (D_M, H_M, W_M, K) for a volume;
+    base: (K,) output for the clean input; target: the explained class;
+    positions: (*grid, rank) first corner of the patch at each grid cell; image_size: the spatial shape.
     `scores` are the model's logits; with adaptive drill-down, cells outside `drilled` hold logits
     interpolated from the coarse pass (still logits, so `heatmap` and `attribution` treat every cell
     alike). A one-logit model is a binary classifier: classes 0 = negative, 1 = positive (see
@@ -27,16 +29,21 @@ class Explanation:
     base: torch.Tensor
     target: int
     positions: torch.Tensor
-    patch: tuple[int, int]
-    stride: tuple[int, int]
-    image_size: tuple[int, int]
+    patch: tuple[int, ...]
+    stride: tuple[int, ...]
+    image_size: tuple[int, ...]
     mode: str
     stats: dict[str, Any] = field(default_factory=dict)
-    drilled: torch.Tensor | None = None  # (H_M, W_M) bool: cells computed at the fine stride (drill-down)
+    drilled: torch.Tensor | None = None  # (*grid) bool: cells computed at the fine stride (drill-down)
+
+    @property
+    def rank(self) -> int:
+        """Spatial axes: 1 (signal), 2 (image) or 3 (volume)."""
+        return len(self.image_size)
 
     @property
     def heatmap(self) -> torch.Tensor:
-        """(H_M, W_M): probability of the target with the patch at each position (the paper's map)."""
+        """(*grid): probability of the target with the patch at each position (the paper's map)."""
         return probabilities(self.scores)[..., self.target].float()
 
     @property
@@ -50,22 +57,12 @@ class Explanation:
         return probabilities(self.base)
 
     def attribution(self, target: int | None = None) -> torch.Tensor:
-        """(H, W) per-pixel map: mean over the windows covering a pixel of (clean - occluded) output.
-
-        The same definition as Captum's `Occlusion` for a single image and target.
+        """(*image_size) per-element map: mean over the windows covering an element of (clean - occluded)
+        output. The same definition as Captum's `Occlusion` for a single input and target.
         """
         t = self.target if target is None else check_target(target, self.base)
-        h, w = self.image_size
-        drop = (class_logit(self.base, t) - class_logit(self.scores, t)).double()
-        total = torch.zeros(h, w, dtype=torch.float64)
-        count = torch.zeros(h, w, dtype=torch.float64)
-        ph, pw = self.patch
-        for i in range(self.positions.shape[0]):
-            for j in range(self.positions.shape[1]):
-                y, x = (int(v) for v in self.positions[i, j])
-                total[y : y + ph, x : x + pw] += drop[i, j]
-                count[y : y + ph, x : x + pw] += 1
-        return (total / count.clamp(min=1)).float()
+        drop = class_logit(self.base, t) - class_logit(self.scores, t)
+        return torch.from_numpy(per_element_mean(self, drop.double().numpy())).float()
 
     def plot(self, image: Any = None, **kwargs: Any) -> Any:
         """Matplotlib figure of the heat map over `image` (see `krypton.outputs.render.plot`)."""
@@ -84,3 +81,16 @@ class Explanation:
         from krypton.outputs.render import png_bytes
 
         return png_bytes(self)
+
+
+def per_element_mean(explanation: Explanation, values: np.ndarray) -> np.ndarray:
+    """(*image_size): each element's mean of `values` (*grid) over the patch positions covering it (0 where
+    none does). The one home of "spread a per-position map over the input" (attribution, drop map)."""
+    size, patch = tuple(explanation.image_size), tuple(explanation.patch)
+    total, count = np.zeros(size), np.zeros(size)
+    corners = explanation.positions.reshape(-1, len(size)).numpy()
+    for corner, value in zip(corners, np.asarray(values, dtype=np.float64).reshape(-1)):
+        where = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, patch))
+        total[where] += value
+        count[where] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)

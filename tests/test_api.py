@@ -136,7 +136,7 @@ def test_bad_arguments_raise_value_error(kwargs, match):
     "image,match",
     [
         (torch.randn(16, 16), "image"),
-        (torch.randn(2, 3, 16, 16), "image"),
+        (torch.randn(2, 3, 16, 16), "read as a volume"),
         (torch.randn(5, 16, 16), "image"),
         (torch.zeros(3, 16, 16, dtype=torch.int64), "image"),
         (np.zeros((3, 16, 16)), "image"),

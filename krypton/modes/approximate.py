@@ -78,9 +78,9 @@ def parse_drilldown(value: Any) -> Drilldown | None:
     s1 = result.coarse_stride
     pair = s1 if isinstance(s1, (tuple, list)) else (s1,)
     if s1 is not None and (
-        len(pair) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
+        len(pair) not in (1, 2, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
     ):
-        raise ValueError(f"drilldown coarse_stride S1 must be a positive int or a pair of them, got {s1!r}")
+        raise ValueError(f"drilldown coarse_stride S1 must be a positive int or one per spatial axis, got {s1!r}")
     if result.coarse_stride is None:
         if not isinstance(result.speedup, (int, float)) or result.speedup <= 1:
             raise ValueError(f"drilldown speedup must be > 1, got {result.speedup!r}")
@@ -92,33 +92,36 @@ def parse_drilldown(value: Any) -> Drilldown | None:
     return result
 
 
-def coarse_stride(settings: Drilldown, stride: tuple[int, int]) -> tuple[int, int]:
-    """S1 per axis: given, or from the target speedup, S1 = sqrt(t / (1 - r t)) * S2 (Eq. 29)."""
+def coarse_stride(settings: Drilldown, stride: tuple[int, ...]) -> tuple[int, ...]:
+    """S1 per axis: given, or from the target speedup, S1 = (t / (1 - r t))^(1/d) * S2 on d spatial axes
+    (Eq. 29 is d = 2: a square root)."""
+    d = len(stride)
     if settings.coarse_stride is not None:
         s1 = settings.coarse_stride
-        s1 = (s1, s1) if isinstance(s1, int) else tuple(s1)
-        if len(s1) != 2 or any(not isinstance(v, int) or v < s for v, s in zip(s1, stride)):
-            raise ValueError(f"drilldown coarse_stride S1 must be an int or pair >= stride {stride}, got {s1}")
-        return (int(s1[0]), int(s1[1]))
+        s1 = (s1,) * d if isinstance(s1, int) else tuple(s1)
+        if len(s1) != d or any(not isinstance(v, int) or v < s for v, s in zip(s1, stride)):
+            raise ValueError(f"drilldown coarse_stride S1 must be an int or {d} ints >= stride {stride}, got {s1}")
+        return tuple(int(v) for v in s1)
     t, r = settings.speedup, settings.fraction
-    factor = math.sqrt(t / (1 - r * t))
-    return (max(stride[0], int(round(factor * stride[0]))), max(stride[1], int(round(factor * stride[1]))))
+    factor = (t / (1 - r * t)) ** (1 / d)
+    return tuple(max(s, int(round(factor * s))) for s in stride)
 
 
-def predicted_speedup(s1: tuple[int, int], s2: tuple[int, int], fraction: float) -> float:
-    """Eq. 28 per axis pair: positions of one fine pass / positions of both stages."""
-    return (s1[0] * s1[1]) / (s2[0] * s2[1] + fraction * s1[0] * s1[1])
+def predicted_speedup(s1: tuple[int, ...], s2: tuple[int, ...], fraction: float) -> float:
+    """Eq. 28 on any rank: positions of one fine pass / positions of both stages."""
+    return math.prod(s1) / (math.prod(s2) + fraction * math.prod(s1))
 
 
-def upsample(coarse: np.ndarray, coarse_stride: tuple[int, int], fine_shape: tuple[int, int],
-             fine_stride: tuple[int, int]) -> np.ndarray:
-    """Bilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2).
+def upsample(coarse: np.ndarray, coarse_stride: tuple[int, ...], fine_shape: tuple[int, ...],
+             fine_stride: tuple[int, ...]) -> np.ndarray:
+    """Multilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2).
 
-    `coarse` is (H1, W1, ...) (trailing axes, e.g. classes, are carried along); each axis is one matrix
-    product with the linear-interpolation weights (np.interp's rule: clamped beyond the last cell).
+    `coarse` is (*coarse_grid, ...) (trailing axes, e.g. classes, are carried along); each spatial axis
+    is one matrix product with the linear-interpolation weights (np.interp's rule: clamped beyond the
+    last cell).
     """
     out = coarse
-    for axis in range(2):
+    for axis in range(len(coarse_stride)):
         weights = _interp_matrix(coarse.shape[axis], coarse_stride[axis], fine_shape[axis], fine_stride[axis])
         out = np.moveaxis(np.tensordot(weights, np.moveaxis(out, axis, 0), axes=1), 0, axis)
     return out

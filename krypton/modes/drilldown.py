@@ -18,23 +18,23 @@ from krypton.scores import probabilities
 
 
 def coarse_occlusions(
-    image: torch.Tensor, patch: tuple[int, int], s1: tuple[int, int], fill: torch.Tensor
-) -> tuple[Occlusions, tuple[int, int]]:
-    """Stage 1: the whole image at the coarse stride."""
+    image: torch.Tensor, patch: tuple[int, ...], s1: tuple[int, ...], fill: torch.Tensor
+) -> tuple[Occlusions, tuple[int, ...]]:
+    """Stage 1: the whole input at the coarse stride."""
     occ, positions = grid_occlusions(image, patch, s1, fill)
-    return occ, tuple(positions.shape[:2])
+    return occ, tuple(positions.shape[:-1])
 
 
 def drill(
     stage1: torch.Tensor,
-    coarse_grid: tuple[int, int],
-    s1: tuple[int, int],
-    grid: tuple[int, int],
-    stride: tuple[int, int],
+    coarse_grid: tuple[int, ...],
+    s1: tuple[int, ...],
+    grid: tuple[int, ...],
+    stride: tuple[int, ...],
     target: int,
     fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolated logits on the fine grid (H_M, W_M, K), and the fine rows to drill."""
+    """Interpolated logits on the fine grid (*grid, K), and the fine rows to drill."""
     logits = stage1.double().reshape(*coarse_grid, -1).cpu().numpy()
     interpolated = upsample(logits, s1, grid, stride)
     target_probability = probabilities(torch.from_numpy(interpolated))[..., target].numpy()

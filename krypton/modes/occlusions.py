@@ -15,11 +15,11 @@ from krypton.engine.incremental import ImageDelta
 
 @dataclass
 class Occlusions:
-    """P occluded copies of one image, described by boxes over its (C, H, W) axes."""
+    """P occluded copies of one input, described by boxes over its (C, *spatial) axes (any rank)."""
 
-    image: torch.Tensor  # (1, C, H, W)
-    lo: np.ndarray  # (P, 3)
-    hi: np.ndarray  # (P, 3)
+    image: torch.Tensor  # (1, C, *spatial)
+    lo: np.ndarray  # (P, 1 + rank)
+    hi: np.ndarray  # (P, 1 + rank)
     patch: torch.Tensor | None = None  # values relative to each box's corner (all boxes equal size)
     baseline: torch.Tensor | None = None  # absolute values broadcastable to the image
 
@@ -51,18 +51,18 @@ def _layout(image: torch.Tensor) -> torch.memory_format:
 
 
 def grid_occlusions(
-    image: torch.Tensor, patch: tuple[int, int], stride: tuple[int, int], fill: torch.Tensor
+    image: torch.Tensor, patch: tuple[int, ...], stride: tuple[int, ...], fill: torch.Tensor
 ) -> tuple[Occlusions, torch.Tensor]:
-    """The paper's grid: patch fully inside, corners 0, S, 2S, ... -> occlusions and (H_M, W_M, 2) corners."""
-    _, c, h, w = image.shape
-    ys = np.arange(0, h - patch[0] + 1, stride[0])
-    xs = np.arange(0, w - patch[1] + 1, stride[1])
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    corners = np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.int64)
+    """The paper's grid on any rank: patch fully inside, corners 0, S, 2S, ... per spatial axis ->
+    occlusions and the (*grid, rank) corners."""
+    c, size = image.shape[1], image.shape[2:]
+    axes = [np.arange(0, n - p + 1, s) for n, p, s in zip(size, patch, stride)]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    corners = np.stack([m.ravel() for m in mesh], axis=1).astype(np.int64)
     zeros = np.zeros((len(corners), 1), dtype=np.int64)
     lo = np.concatenate([zeros, corners], axis=1)
     hi = np.concatenate([zeros + c, corners + np.asarray(patch)], axis=1)
-    positions = torch.from_numpy(np.stack([yy, xx], axis=-1))
+    positions = torch.from_numpy(np.stack(mesh, axis=-1).astype(np.int64))
     return Occlusions(image, lo, hi, patch=fill), positions
 
 

@@ -19,8 +19,8 @@ from scipy import ndimage
 class Update:
     """One progressive snapshot: a whole heat map, some of it estimated from computed neighbours."""
 
-    heatmap: torch.Tensor  # (H_M, W_M) target probability
-    computed: torch.Tensor  # (H_M, W_M) bool: cells whose value is final
+    heatmap: torch.Tensor  # (*grid) target probability, e.g. (H_M, W_M)
+    computed: torch.Tensor  # (*grid) bool: cells whose value is final
     done: int
     total: int
     elapsed_s: float
@@ -33,18 +33,18 @@ class Update:
 OnUpdate = Callable[[Update], None]
 
 
-def levels(grid: tuple[int, int]) -> np.ndarray:
-    """(H_M * W_M,) visiting level of each cell: 0 for every 8th cell in both axes, ..., 3 for the rest."""
-    ii, jj = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
-    level = np.full(grid, 3)
+def levels(grid: tuple[int, ...]) -> np.ndarray:
+    """(prod(grid),) visiting level of each cell: 0 for every 8th cell along all axes, ..., 3 for the rest."""
+    mesh = np.meshgrid(*(np.arange(n) for n in grid), indexing="ij")
+    level = np.full(tuple(grid), 3)
     for lvl, step in ((2, 2), (1, 4), (0, 8)):
-        level[(ii % step == 0) & (jj % step == 0)] = lvl
+        level[np.logical_and.reduce([m % step == 0 for m in mesh])] = lvl
     return level.reshape(-1)
 
 
 def fill_missing(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Copy each unknown cell's nearest known value (values: (H, W); known: (H, W) bool)."""
+    """Copy each unknown cell's nearest known value (values and the bool `known` of the same shape)."""
     if known.all() or not known.any():
         return values
-    _, (ri, ci) = ndimage.distance_transform_edt(~known, return_indices=True)
-    return values[ri, ci]
+    _, nearest = ndimage.distance_transform_edt(~known, return_indices=True)
+    return values[tuple(nearest)]

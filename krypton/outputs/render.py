@@ -32,18 +32,10 @@ def label_of(index: int, class_names: list[str] | None) -> str:
 
 
 def drop_map(explanation: Any) -> np.ndarray:
-    """(H, W) per-pixel mean drop in the target's probability over the patches covering each pixel."""
-    p = explanation.probability
-    drop = (p - explanation.heatmap.double()).numpy()
-    h, w = explanation.image_size
-    total = np.zeros((h, w))
-    count = np.zeros((h, w))
-    ph, pw = explanation.patch
-    corners = explanation.positions.reshape(-1, 2).numpy()
-    for (y, x), value in zip(corners, drop.reshape(-1)):
-        total[y : y + ph, x : x + pw] += value
-        count[y : y + ph, x : x + pw] += 1
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    """(*image_size) per-element mean drop in the target's probability over the patches covering it."""
+    from krypton.explanation import per_element_mean
+
+    return per_element_mean(explanation, (explanation.probability - explanation.heatmap.double()).numpy())
 
 
 def display_pixels(image: Any) -> np.ndarray | None:
