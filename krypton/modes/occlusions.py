@@ -10,7 +10,7 @@ import torch
 
 from krypton.box import Boxes
 from krypton.engine.gather import PaddedCache, read_window
-from krypton.engine.incremental import ImageDelta
+from krypton.engine.incremental import ImageDelta, Occluder
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Occlusions:
     hi: np.ndarray  # (P, 1 + rank)
     patch: torch.Tensor | None = None  # values relative to each box's corner (all boxes equal size)
     baseline: torch.Tensor | None = None  # absolute values broadcastable to the image
+    occluder: Occluder | None = None  # occluded windows from the clean ones under them (all boxes equal size)
 
     @property
     def count(self) -> int:
@@ -31,7 +32,11 @@ class Occlusions:
         return Boxes.make(self.lo, self.hi, tuple(self.image.shape[1:]))
 
     def image_delta(self) -> ImageDelta:
-        return ImageDelta(self.image, self.lo, self.hi, self.patch, self.baseline)
+        return ImageDelta(self.image, self.lo, self.hi, self.patch, self.baseline, self.occluder)
+
+    def subset(self, rows: np.ndarray) -> Occlusions:
+        """The same occlusions at some positions only."""
+        return Occlusions(self.image, self.lo[rows], self.hi[rows], self.patch, self.baseline, self.occluder)
 
     def materialize(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
         """The occluded images themselves (B, C, H, W), for full re-inference."""

@@ -253,8 +253,7 @@ class _Run:
     def _probe_exact(self, index: np.ndarray) -> float | None:
         found = graphs.graph_for(self.model, self.occ.image, self.clean)
         probe_index = index[[0, -1]]
-        probe = Occlusions(self.occ.image, self.occ.lo[probe_index], self.occ.hi[probe_index],
-                           self.occ.patch, self.occ.baseline)
+        probe = self.occ.subset(probe_index)
         exact = run_exact(found.graph, probe, batch_size=2).outputs
         with guard.shared(), torch.no_grad():
             return self_check(self.model, probe, exact)
