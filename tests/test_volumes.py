@@ -127,3 +127,90 @@ def test_model_without_class_scores_is_refused():
     model = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1))  # (B, 2, D, H, W), not (B, K)
     with pytest.raises(ValueError, match=r"to \(B, K\) outputs"):
         krypton.explain(model, torch.randn(1, 1, 8, 8, 8), patch=4, stride=4)
+
+
+# --- files in and out -----------------------------------------------------------------------------------
+def test_nifti_in_and_heat_map_out_keep_the_affine(tmp_path):
+    import nibabel
+    import numpy as np
+
+    from krypton.io.volumes import read_volume, window
+    from krypton.outputs.volumes import save_nifti
+
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[:3, 3] = (-10, 5, 20)
+    data = np.random.default_rng(0).normal(40, 200, (24, 24, 24)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "ct.nii.gz"))
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    assert volume.data.shape == (1, 24, 24, 24) and np.allclose(volume.affine, affine)
+    pixels = window(volume.data, center=40, width=80)  # a brain window in HU
+    assert pixels.min() == 0 and pixels.max() == 1
+    result = explain(conv3d_net(1), torch.from_numpy(pixels), patch=(8, 8, 8), stride=8)
+    out = save_nifti(result, tmp_path / "map.nii.gz", volume.affine)
+    saved = nibabel.load(str(out))
+    assert saved.shape == (24, 24, 24) and np.allclose(saved.affine, affine)
+    assert np.allclose(np.asarray(saved.dataobj), krypton.outputs.drop_map(result), atol=1e-6)
+
+
+def test_nifti_with_a_time_axis_asks_which_volume(tmp_path):
+    import nibabel
+    import numpy as np
+
+    from krypton.io import ImageError
+    from krypton.io.volumes import read_volume
+
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 8, 5), np.float32), np.eye(4)), str(tmp_path / "fmri.nii"))
+    with pytest.raises(ImageError, match=r"holds 5 volumes .*--volume N with 0 <= N < 5"):
+        read_volume(tmp_path / "fmri.nii")
+    assert read_volume(tmp_path / "fmri.nii", volume_index=3).data.shape == (1, 8, 8, 8)
+
+
+def test_dicom_series_is_ordered_by_position_and_rescaled(tmp_path):
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from krypton.io.volumes import read_volume
+
+    series = generate_uid()
+    for z in (2, 0, 1):  # written out of order
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds = FileDataset(str(tmp_path / f"s{z}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, meta.MediaStorageSOPInstanceUID
+        ds.Rows = ds.Columns = 4
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * z], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.RescaleSlope, ds.RescaleIntercept = [0.5, 0.5], 1, -1024
+        ds.InstanceNumber = 7 - z  # misleading on purpose: the position decides
+        ds.PixelData = np.full((4, 4), 1000 + z, np.uint16).tobytes()
+        pydicom.dcmwrite(str(tmp_path / f"s{z}.dcm"), ds, enforce_file_format=True)
+    volume = read_volume(tmp_path)
+    assert volume.data.shape == (1, 3, 4, 4)
+    assert volume.data[0, :, 0, 0].tolist() == [-24.0, -23.0, -22.0]  # HU, in position order
+    assert np.allclose(volume.affine[:3, 0], [0, 0, 2.5]) and np.allclose(volume.affine[:3, 3], [0, 0, 0])
+
+
+def test_npy_signals_and_volumes_and_volume_pictures(tmp_path):
+    import numpy as np
+
+    from krypton.io.volumes import read_volume
+
+    np.save(tmp_path / "ecg.npy", np.random.default_rng(0).normal(size=(2, 256)).astype(np.float32))
+    signal = read_volume(tmp_path / "ecg.npy")
+    assert signal.rank == 1 and signal.data.shape == (2, 256)
+    result = explain(conv1d_net(), torch.from_numpy(signal.data), patch=16, stride=8)
+    for path, shown in ((tmp_path / "ecg.png", signal.data), (tmp_path / "vol.png", None)):
+        if shown is None:
+            volume = torch.randn(1, 24, 24, 24)
+            result = explain(conv3d_net(1), volume, patch=(8, 8, 8), stride=4)
+            shown = volume
+        result.save(path, shown)
+        from PIL import Image
+
+        picture = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert picture.std() > 10

@@ -75,12 +75,11 @@ def colour_limit(explanation: Any, scale: float | str = "auto") -> float:
 
 def caption(explanation: Any) -> str:
     """'patch 16x16, stride 8, mode exact, 289 positions in 12.3 s, 1.1x fewer MACs than naive'."""
-    ph, pw = explanation.patch
-    sh, sw = explanation.stride
+    patch, strides = tuple(explanation.patch), tuple(explanation.stride)
     stats = explanation.stats or {}
-    stride = f"{sh}" if sh == sw else f"{sh}x{sw}"
-    parts = [f"patch {ph}x{pw}", f"stride {stride}", f"mode {explanation.mode}"]
-    positions = stats.get("positions", int(explanation.positions.shape[0] * explanation.positions.shape[1]))
+    stride = f"{strides[0]}" if len(set(strides)) == 1 else "x".join(map(str, strides))
+    parts = [f"patch {'x'.join(map(str, patch))}", f"stride {stride}", f"mode {explanation.mode}"]
+    positions = stats.get("positions", int(np.prod(explanation.positions.shape[:-1])))
     timing = f" in {stats['wall_time_s']:.1f} s" if "wall_time_s" in stats else ""
     parts.append(f"{positions} positions{timing}")
     if stats.get("theoretical_speedup"):
@@ -121,7 +120,10 @@ def plot(
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     limit = colour_limit(explanation, scale)
     class_names = class_names if class_names is not None else getattr(explanation, "class_names", None)
-    pixels = display_pixels(image if image is not None else getattr(explanation, "display_image", None))
+    shown = image if image is not None else getattr(explanation, "display_image", None)
+    if getattr(explanation, "rank", 2) != 2:  # signals and volumes have their own pictures
+        return _plot_other_rank(explanation, shown, limit, class_names, name, scale)
+    pixels = display_pixels(shown)
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.05], left=0.03, right=0.9, wspace=0.08, top=0.86, bottom=0.13)
@@ -157,20 +159,38 @@ def plot(
     return fig
 
 
-def _overlay(explanation: Any, ax: Any, alpha: float, limit: float) -> Any:
-    """Per-pixel drop in RdBu_r, opacity growing with |drop| so unaffected regions stay visible."""
+def overlay_rgba(drop: np.ndarray, limit: float, alpha: float) -> tuple[np.ndarray, Any]:
+    """Drops in RdBu_r on a symmetric scale, opacity growing with |drop| so unaffected regions stay
+    visible; with the colour bar's mappable. Shared by every overlay (images, volume slices)."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    drop = drop_map(explanation)
-    norm = Normalize(-limit, limit)
-    cmap = colormaps["RdBu_r"]
+    norm, cmap = Normalize(-limit, limit), colormaps["RdBu_r"]
     rgba = cmap(norm(drop))
     rgba[..., 3] = alpha * np.clip(np.abs(drop) / limit, 0.0, 1.0) ** 0.5
+    return rgba, ScalarMappable(norm=norm, cmap=cmap)
+
+
+def _overlay(explanation: Any, ax: Any, alpha: float, limit: float) -> Any:
+    rgba, mappable = overlay_rgba(drop_map(explanation), limit, alpha)
     h, w = explanation.image_size
     ax.imshow(rgba, extent=(0, w, h, 0), interpolation="bilinear")
-    return ScalarMappable(norm=norm, cmap=cmap)
+    return mappable
+
+
+def _plot_other_rank(explanation: Any, shown: Any, limit: float, class_names: Any, name: Any, scale: Any):  # noqa: ANN202
+    """A signal's or a volume's picture (`krypton.outputs.volumes`) with the same title and caption."""
+    from krypton.outputs.volumes import plot_signal, plot_volume
+
+    values = shown.detach().cpu().numpy() if isinstance(shown, torch.Tensor) else shown
+    head = title(explanation, class_names)
+    head = head if not name else f"{head}\n{name}"
+    note = f"colour scale ±{limit:.3g}" + (" (auto)" if scale == "auto" else " (fixed)")
+    foot = f"{caption(explanation)}\nlargest drop in P(target) {effect_size(explanation):.3g}; {note}"
+    if explanation.rank == 3:
+        return plot_volume(explanation, values, limit, head, foot)
+    return plot_signal(explanation, values, limit, head, foot)
 
 
 def _paper(explanation: Any, ax: Any) -> Any:
