@@ -65,6 +65,22 @@ def _scale(text: str) -> float | str:
     return text if text == "auto" else _unit_interval(text, "'auto' or a probability drop in (0, 1]")
 
 
+CT_WINDOW_NAMES = ("brain", "lung", "soft-tissue", "bone")  # krypton.io.volumes.CT_WINDOWS, named here for --help
+
+
+def _ct_window(text: str) -> tuple[float, float] | str:
+    if text in CT_WINDOW_NAMES:
+        return text
+    try:
+        values = _floats(text)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if len(values) != 2 or values[1] <= 0:
+        presets = ", ".join(CT_WINDOW_NAMES)
+        raise argparse.ArgumentTypeError(f"expected a preset ({presets}) or CENTER,WIDTH with WIDTH > 0, got {text!r}")
+    return values[0], values[1]
+
+
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -199,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="overlay colour scale: a fixed probability drop D in (0, 1] shown at full colour (maps comparable "
         "across images and modes), or auto = this map's largest drop but at least 0.05 (default); "
         "the caption states which",
+    )
+    volumes = explain.add_argument_group(
+        "volumes and signals",
+        "IMAGE may also be a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series, or a .npy array "
+        "((D, H, W) or (C, D, H, W) volume; (L,) or (C, L) signal). Models: .pt2 exported with a 5-D or 3-D "
+        "input, or a MONAI network, e.g. --model monai:densenet121 --weights ct.pth. Patch and stride apply "
+        "to every spatial axis (default patch 16, stride 8).",
+    )
+    volumes.add_argument(
+        "--window",
+        type=_ct_window,
+        metavar="NAME|C,W",
+        help=f"CT window: a preset ({', '.join(CT_WINDOW_NAMES)}) or centre,width in HU "
+        "(default: percentile scaling)",
+    )
+    volumes.add_argument(
+        "--percentiles",
+        type=_floats,
+        default=(1.0, 99.0),
+        metavar="LO,HI",
+        help="without --window: these intensity percentiles map to 0 and 1 (default 1,99)",
+    )
+    volumes.add_argument("--volume", type=int, metavar="N", help="which volume of a 4-D NIfTI (time/diffusion axis)")
+    volumes.add_argument(
+        "--nifti", action="store_true", help="also write the heat map as NIfTI in the input's geometry (affine kept)"
     )
     explain.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: where the model is)")
     explain.add_argument("--batch-size", type=_positive, metavar="N", help="positions per batch (default: automatic)")
@@ -394,6 +435,12 @@ def run_explain(args: argparse.Namespace) -> int:
         args.model = args.images[0].split(":", 1)[0]  # `krypton explain mri:0` uses the mri demo
     demo = DEMOS.get(args.model)
     out = _out_dir(args.out)
+    from krypton.io.volumes import is_volume_path
+
+    if args.images and any(is_volume_path(t) for t in args.images):
+        from krypton.cli_volumes import run_explain_volumes
+
+        return run_explain_volumes(args, out)
     images = _images(args, demo)
     _warn_other_modality(args, demo)
     started = time.perf_counter()

@@ -276,3 +276,68 @@ def test_keras_backend_other_than_torch_is_named(tmp_path, face):
     assert done.returncode == 2
     assert "KERAS_BACKEND=tensorflow" in done.stderr and "set it to torch" in done.stderr
     assert "need Keras 3" not in done.stderr
+
+
+# --- volumes and signals ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory) -> Path:
+    import nibabel
+
+    folder = tmp_path_factory.mktemp("ct")
+    affine = np.diag([1.2, 1.2, 2.0, 1.0])
+    data = np.random.default_rng(0).normal(40, 300, (24, 24, 16)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, affine), str(folder / "ct.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(np.stack([data] * 3, -1), affine), str(folder / "fmri.nii.gz"))
+    return folder
+
+
+def test_volume_from_nifti_with_a_monai_network_writes_png_raw_and_nifti(capsys, tmp_path, ct):
+    import nibabel
+
+    code, out, err = run(capsys, "explain", str(ct / "ct.nii.gz"), "--model", "monai:resnet10", "--weights", "random",
+                         "--window", "brain", "--patch", "8", "--stride", "8", "--nifti", "--no-progress",
+                         "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "input ct: 1x24x24x16 (CT window 40,80)" in out and "-> " in out
+    raw = np.load(tmp_path / "ct-exact.npz")
+    assert raw["heatmap"].shape == (3, 3, 2) and raw["drop_map"].shape == (24, 24, 16)
+    saved = nibabel.load(str(tmp_path / "ct-exact.nii.gz"))
+    assert saved.shape == (24, 24, 16) and np.allclose(saved.affine, np.diag([1.2, 1.2, 2.0, 1.0]))
+    assert Image.open(tmp_path / "ct-exact.png").size[0] > 800
+
+
+def test_four_d_nifti_needs_a_volume_index(capsys, tmp_path, ct):
+    args = ["explain", str(ct / "fmri.nii.gz"), "--model", "monai:resnet10", "--weights", "random", "--no-progress",
+            "--patch", "8", "--stride", "8", "--out", str(tmp_path)]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "holds 3 volumes", "--volume N")
+    code, out, err = run(capsys, *args, "--volume", "2")
+    assert code == 0, err
+
+
+def test_signal_npy_with_a_pt2_conv1d_model(capsys, tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 5, padding=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()  # fmt: skip
+    torch.export.save(torch.export.export(net, (torch.rand(1, 2, 128),)), str(tmp_path / "ecg.pt2"))
+    np.save(tmp_path / "beat.npy", np.random.default_rng(1).normal(size=(2, 128)).astype(np.float32))
+    code, out, err = run(capsys, "explain", str(tmp_path / "beat.npy"), "--model", str(tmp_path / "ecg.pt2"),
+                         "--no-progress", "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert np.load(tmp_path / "beat-exact.npz")["drop_map"].shape == (128,)
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--window", "0,0"], ["--window: expected a preset"]),
+        (["--window", "liver"], ["--window: expected a preset (brain, lung, soft-tissue, bone)"]),
+        (["FACE"], ["either images or volumes"]),
+    ],
+)
+def test_volume_errors_are_one_line(capsys, tmp_path, ct, face, argv, fragments):
+    inputs = [str(ct / "ct.nii.gz")] + [str(face) for a in argv if a == "FACE"]
+    options = [a for a in argv if a != "FACE"]
+    code, _, err = run(capsys, "explain", *inputs, "--model", "monai:resnet10", "--weights", "random", *options,
+                       "--out", str(tmp_path))  # fmt: skip
+    assert_one_line_error(code, err, *fragments)

@@ -239,6 +239,8 @@ UPLOADS = [
     ("empty", b"", "image/png", 400, "empty"),
     ("truncated", None, "image/png", 400, "cannot read"),
     ("bomb", _png_header_only(100_000, 100_000), "image/png", 413, "too large"),
+    ("nifti", (348).to_bytes(4, "little") + b"\0" * 400, "application/octet-stream", 415, "2-D images only"),
+    ("npy", b"\x93NUMPY\x01\x00" + b"\0" * 100, "application/octet-stream", 415, "2-D images only"),
 ]
 
 

@@ -50,6 +50,10 @@ def load_model(
         raise ModelError(f"--weights goes with a torchvision architecture name, not with {text!r}")
     if kind == "demo":
         return DEMOS[text].load()
+    if kind == "monai":
+        from krypton.models.monai_nets import load_monai
+
+        return load_monai(text, weights)
     if kind == "file":
         return _load_file(Path(text), weights, size)
     from krypton.models.torch_files import load_torchvision
@@ -58,9 +62,11 @@ def load_model(
 
 
 def model_kind(text: str) -> str:
-    """'demo', 'file' or 'torchvision' for a model name, without loading anything; ModelError if none."""
+    """'demo', 'file', 'monai' or 'torchvision' for a model name, without loading anything; ModelError if none."""
     if text in DEMOS:
         return "demo"
+    if text.startswith("monai:"):
+        return "monai"
     path = Path(text)
     if path.exists():
         return "file"
@@ -72,7 +78,8 @@ def model_kind(text: str) -> str:
         raise ModelError(f"model file not found: {path}")
     raise ModelError(
         f"unknown model {text!r}: not a demo ({', '.join(DEMOS)}), a torchvision architecture "
-        "(e.g. resnet18 --weights FILE) or an existing model file (.pt2, .onnx, .keras, .h5)"
+        "(e.g. resnet18 --weights FILE), a MONAI network (monai:densenet121 --weights FILE) or an existing "
+        "model file (.pt2, .onnx, .keras, .h5)"
     )
 
 
@@ -112,6 +119,7 @@ def with_overrides(
     std: tuple[float, ...] | None = None,
     labels: str | Path | None = None,
     resize: str | None = None,
+    image_input: bool = True,
 ) -> LoadedModel:
     """Apply a user's input size, normalisation, aspect-ratio fitting and class-name file (CLI, batch runs)."""
     from dataclasses import replace
@@ -119,18 +127,21 @@ def with_overrides(
     from krypton.io import Preprocess
 
     pre = loaded.preprocess
-    if pre is None:
+    if not image_input:  # volumes and signals are windowed by the caller, not preprocessed as images
+        pre = None
+    elif pre is None:
         if size is None:
             raise ModelError(f"{loaded.name}: give the model input size (--size H,W)")
         pre = Preprocess(size)
-    if size:
+    if pre is not None and size:
         pre = pre.with_size(size)
-    if mean or std:
+    if pre is not None and (mean or std):
         pre = replace(pre, mean=tuple(mean or pre.mean), std=tuple(std or pre.std))
         loaded.notes = [n for n in loaded.notes if not n.startswith(UNKNOWN_PREPROCESSING)]
-    if resize:
+    if pre is not None and resize:
         pre = replace(pre, resize=resize)
-    loaded.preprocess = pre
+    if image_input:
+        loaded.preprocess = pre
     if labels:
         try:
             lines = Path(labels).read_text().splitlines()

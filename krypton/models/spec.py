@@ -35,6 +35,7 @@ class LoadedModel:
     class_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     outputs: int | None = None
+    input_shape: tuple[int, ...] | None = None  # (C, *spatial) a signal or volume model requires, if fixed
 
     def label(self, index: int) -> str:
         """Human name of class `index` (the index itself when names are unknown)."""

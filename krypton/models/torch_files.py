@@ -165,8 +165,18 @@ def load_pt2(path: str | Path) -> LoadedModel:
         raise ModelError(f"{path} must take exactly one image tensor, it takes {len(inputs)} inputs")
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0].arg.name)
     shape = [int(d) if isinstance(d, int) else -1 for d in node.meta["val"].shape]
+    if len(shape) in (3, 5):  # a signal (B, C, L) or volume (B, C, D, H, W) model, channels first
+        if min(shape[1:]) <= 0:
+            raise ModelError(f"{path} takes input {tuple(shape)}; krypton needs a fixed input size")
+        example = torch.zeros(1, *shape[1:])
+        graph, notes, outputs = finish(clean(program.module()), example, f"ExportedProgram {path.name}")
+        loaded = LoadedModel(graph, path.name, None, binary_names(outputs), notes, outputs)
+        loaded.input_shape = tuple(shape[1:])
+        return loaded
     if len(shape) != 4:
-        raise ModelError(f"{path} takes a {len(shape)}-D input; krypton needs an image batch (B, C, H, W)")
+        raise ModelError(
+            f"{path} takes a {len(shape)}-D input; krypton needs (B, C, L), (B, C, H, W) or (B, C, D, H, W)"
+        )
     channels_last = shape[3] in (1, 3) and shape[1] not in (1, 3)
     c, h, w = (shape[3], shape[1], shape[2]) if channels_last else (shape[1], shape[2], shape[3])
     if c not in (1, 3) or min(h, w) <= 0:

@@ -35,10 +35,22 @@ def check_content_type(content_type: str | None) -> None:
         raise UploadError("SVG is not accepted: upload a raster image (PNG, JPEG, ...)", 415)
 
 
+VOLUME_MESSAGE = ("this looks like a volume or array (NIfTI, gzip, .npy): the web demo explains 2-D images only; "
+                  "explain volumes with `krypton explain scan.nii.gz --model ...` or krypton.explain in Python")
+
+
+def _is_volume(data: bytes) -> bool:
+    """NIfTI-1/2 headers (sizeof_hdr 348 or 540), gzip (a .nii.gz) and NumPy .npy files."""
+    head = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
+    return head in (348, 540) or data[:2] == b"\x1f\x8b" or data[:6] == b"\x93NUMPY"
+
+
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(H, W, C) float32 pixels in [0, 1] of an uploaded PNG/JPEG/GIF/BMP/TIFF/WebP or DICOM file."""
     if not data:
         raise UploadError("the upload is empty: send the image file as the request body")
+    if _is_volume(data):
+        raise UploadError(VOLUME_MESSAGE, 415)
     if len(data) >= 132 and data[128:132] == b"DICM":
         return _dicom(data, max_pixels)
     return _pillow(data, max_pixels)
