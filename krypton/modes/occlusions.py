@@ -49,10 +49,11 @@ class Occlusions:
 
 
 def _layout(image: torch.Tensor) -> torch.memory_format:
-    channels_last = image.dim() == 4 and not image.is_contiguous() and image.is_contiguous(
-        memory_format=torch.channels_last
-    )
-    return torch.channels_last if channels_last else torch.contiguous_format
+    """channels_last (4-D) or channels_last_3d (5-D) when the caller's image is laid out so."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(image.dim())
+    if fmt is not None and not image.is_contiguous() and image.is_contiguous(memory_format=fmt):
+        return fmt
+    return torch.contiguous_format
 
 
 def grid_occlusions(

@@ -1,0 +1,140 @@
+"""Volumes and signals: krypton exact vs naive (as given, channels-last-3-D) vs MONAI's OcclusionSensitivity.
+
+One process, same inputs. Per 3-D model and size: the theoretical ratio from `krypton.analyze` (patch 16,
+stride 8, the engine's default batch), then a fixed random sample of grid positions evaluated naive (batch
+as the pipeline picks it; model as given and a channels_last_3d copy) and by the engine (graph captured
+before timing); ratios per position. Then `krypton.monai.OcclusionSensitivity` vs MONAI's own class with
+MONAI's defaults (mask 16, overlap 0.6, gaussian, n_batch 16) on a bounding box (the same windows for
+both; MONAI's full volume takes hours here). Finally a Conv1d network on a long signal.
+
+    .venv/bin/python benchmarks/bench_volumes.py [--sizes 64 96] [--sample 24] [--box 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import krypton  # noqa: E402
+from krypton.modes.exact import run_exact  # noqa: E402
+from krypton.modes.naive import run_naive  # noqa: E402
+from krypton.modes.occlusions import grid_occlusions  # noqa: E402
+from krypton.pipeline import graph_for  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def monai_model(name: str) -> nn.Module:
+    from monai.networks.nets import DenseNet121, resnet18
+
+    torch.manual_seed(0)
+    if name == "densenet121_3d":
+        return DenseNet121(spatial_dims=3, in_channels=1, out_channels=2).eval()
+    return resnet18(spatial_dims=3, n_input_channels=1, num_classes=2).eval()
+
+
+def timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def engine_row(name: str, size: int, sample: int) -> None:
+    model = monai_model(name)
+    torch.manual_seed(1)
+    volume = torch.randn(1, 1, size, size, size)
+    analysis = krypton.analyze(model, tuple(volume.shape), patch=16, stride=8)
+    occ, _ = grid_occlusions(volume, (16, 16, 16), (8, 8, 8), torch.zeros(1, 16, 16, 16))
+    rows = np.sort(np.random.default_rng(0).choice(occ.count, min(sample, occ.count), replace=False))
+    part = occ.subset(rows)
+    graph = graph_for(model, volume).graph
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    cl_part = part.subset(np.arange(part.count))
+    cl_part.image = volume.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        naive_s, naive = timed(lambda: run_naive(model, part, 4))
+        naive_cl_s, _ = timed(lambda: run_naive(cl_model, cl_part, 4))
+        exact_s, exact = timed(lambda: run_exact(graph, part).outputs)
+    diff = float((exact - naive).abs().max() / (naive.abs().max() + 1e-12))
+    best = min(naive_s, naive_cl_s)
+    print(f"| {name} | {size}^3 | {occ.count} | {len(rows)} | {naive_s / len(rows):.3f} | "
+          f"{naive_cl_s / len(rows):.3f} | {exact_s / len(rows):.3f} | {best / exact_s:.2f}x | "
+          f"{analysis.speedup:.2f}x | {analysis.per_position_speedup:.2f}x | "
+          f"{best / exact_s / analysis.speedup:.0%} | {diff:.1e} |", flush=True)
+
+
+def monai_row(name: str, size: int, box: int) -> None:
+    from monai.visualize import OcclusionSensitivity as Monai
+
+    from krypton.monai import OcclusionSensitivity
+
+    model = monai_model(name)
+    torch.manual_seed(2)
+    x = torch.randn(1, 1, size, size, size)
+    lo = size // 2 - box // 2
+    b_box = [lo, lo + box - 1] * 3
+    theirs_s, (theirs, _) = timed(lambda: Monai(model, verbose=False)(x, b_box=b_box))
+    ours_obj = OcclusionSensitivity(model, verbose=False)
+    ours_s, (ours, _) = timed(lambda: ours_obj(x, b_box=b_box))
+    diff = float((ours.as_tensor() - theirs.as_tensor()).abs().max())
+    print(f"| {name} | {size}^3 | {b_box} | {theirs_s:.1f} | {ours_s:.1f} | {theirs_s / ours_s:.2f}x | "
+          f"{ours_obj.stats.get('path')} | {diff:.1e} |", flush=True)
+
+
+def signal_row(length: int, sample: int) -> None:
+    torch.manual_seed(0)
+    layers = []
+    channels = 12
+    for width in (32, 64, 64, 128, 128):
+        layers += [nn.Conv1d(channels, width, 9, padding=4), nn.BatchNorm1d(width), nn.ReLU(), nn.MaxPool1d(2)]
+        channels = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, 5)).eval()
+    signal = torch.randn(1, 12, length)
+    analysis = krypton.analyze(model, tuple(signal.shape), patch=(64,), stride=(32,))
+    occ, _ = grid_occlusions(signal, (64,), (32,), torch.zeros(12, 64))
+    rows = np.sort(np.random.default_rng(0).choice(occ.count, min(sample, occ.count), replace=False))
+    part = occ.subset(rows)
+    graph = graph_for(model, signal).graph
+    with torch.no_grad():
+        naive_s, naive = timed(lambda: run_naive(model, part, 64))
+        exact_s, exact = timed(lambda: run_exact(graph, part).outputs)
+    diff = float((exact - naive).abs().max() / (naive.abs().max() + 1e-12))
+    print(f"| conv1d 5 blocks, 12-lead x {length} | {occ.count} | {len(rows)} | {naive_s / len(rows) * 1e3:.2f} | "
+          f"{exact_s / len(rows) * 1e3:.2f} | {naive_s / exact_s:.2f}x | {analysis.speedup:.2f}x | {diff:.1e} |",
+          flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["resnet18_3d", "densenet121_3d"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96])
+    parser.add_argument("--sample", type=int, default=24, help="grid positions timed per model and size")
+    parser.add_argument("--box", type=int, default=24, help="side of the bounding box for the MONAI comparison")
+    parser.add_argument("--signal", type=int, default=5000)
+    args = parser.parse_args()
+    print("| model | volume | grid positions | timed | naive s/pos | naive channels-last-3d s/pos | exact s/pos | "
+          "exact vs best naive | analyze (batched) | analyze (per position) | share of analyze | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        for size in args.sizes:
+            engine_row(name, size, args.sample)
+    print("\n| model | volume | b_box | MONAI s | krypton.monai s | ratio | path | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        monai_row(name, max(args.sizes), args.box)
+    print("\n| model | positions | timed | naive ms/pos | exact ms/pos | ratio | analyze | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    signal_row(args.signal, 64)
+
+
+if __name__ == "__main__":
+    main()
