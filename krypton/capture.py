@@ -125,9 +125,43 @@ def from_program(program: Any) -> Graph:
 
 
 def graph_of(module: fx.GraphModule) -> Graph:
-    """Index an (unlifted) exported module: fuse channels-last row linears, bind every call's arguments."""
+    """Index an (unlifted) exported module: fuse channels-last row linears, split multi-output splits into
+    slices, bind every call's arguments."""
     _fuse_row_linears(module)
+    _splits_as_slices(module)
     return _index(module)
+
+
+def _splits_as_slices(module: fx.GraphModule) -> None:
+    """Rewrite `split_with_sizes(x, sizes, dim)[i]` (what split, chunk and tensor_split export as) as
+    `slice(x, dim, start_i, end_i)`: one single-output view per piece, so every piece gets its own
+    window (a multi-output op only tracks its first output)."""
+    aten = torch.ops.aten
+    splits = (aten.split_with_sizes.default, aten.split.Tensor)
+    for node in list(module.graph.nodes):
+        if node.op != "call_function" or node.target not in splits:
+            continue
+        users = list(node.users)
+        if not users or any(u.target is not operator.getitem for u in users):
+            continue
+        source, dim = node.args[0], (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
+        shape = _shape_of(source)
+        if shape is None:
+            continue
+        sizes = node.args[1]
+        if node.target is aten.split.Tensor:  # split(x, n): pieces of n, the last one shorter
+            total, step = shape[dim], int(sizes)
+            sizes = [min(step, total - s) for s in range(0, total, step)]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for user in users:
+            i = user.args[1]
+            with module.graph.inserting_before(user):
+                piece = module.graph.call_function(aten.slice.Tensor, (source, dim, starts[i], starts[i] + sizes[i]))
+            piece.meta = dict(user.meta)
+            user.replace_all_uses_with(piece)
+            module.graph.erase_node(user)
+        module.graph.erase_node(node)
+    module.recompile()
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

@@ -1,10 +1,11 @@
 """Per-op rules, one module per op family; importing this package fills the table.
 
 Order of the pipeline: `registry` (the table and the sound default) → `pointwise` → `window`
-(convolution, pooling, padding) → `shape` (views, permute, cat) → `reduction` (global pooling).
+(convolution, pooling, padding) → `shape` (views, permute, cat) → `resample` (slices, upsampling,
+softmax over an axis) → `reduction` (global pooling).
 """
 
-from krypton.rules import pointwise, reduction, shape, window  # noqa: F401  (fills RULES)
+from krypton.rules import pointwise, reduction, resample, shape, window  # noqa: F401  (fills RULES)
 from krypton.rules.registry import FULL, RULES, Frame, Rule, Site, lookup
 from krypton.rules.shape import Unsupported
 
