@@ -29,6 +29,7 @@ from krypton.scores import check_target, probabilities
 
 MODES = ("naive", "exact", "approximate")
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
+UNVERIFIED = "not verified"  # an approximate map's quality until measured (compare_exact) or tuned
 
 
 def captured(model: nn.Module, image: torch.Tensor) -> Graph:
@@ -103,11 +104,15 @@ def explain(
         options = dict(patch=patch, stride=stride, fill=fill, target=target, mode=mode, tau=tau, settings=settings,
                        batch_size=batch_size, progress=progress, on_update=on_update, path=path)
         result = _explain(model, image, **options)
+        if mode == "approximate":
+            result.stats["quality"] = UNVERIFIED
         if compare_exact:
             options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None)
             exact = _explain(model, image, **options)
-            result.stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
             result.stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
+            if result.rank == 2 and min(result.heatmap.shape) >= 3:
+                result.stats["ssim_vs_exact"] = ssim(exact.heatmap, result.heatmap)
+                result.stats["quality"] = f"measured: SSIM {result.stats['ssim_vs_exact']:.3f} vs exact"
     return result
 
 
@@ -173,7 +178,9 @@ class _Job:
         s1 = coarse_stride(settings, self.stride)
         coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
         stage1, stats1 = self.evaluate(coarse, None)
-        interpolated, rows = drill(stage1, coarse_grid, s1, self.grid, self.stride, self.target, settings.fraction)
+        interpolated, rows = drill(
+            stage1, coarse_grid, s1, self.grid, self.stride, self.target, settings.fraction, settings.rule
+        )
         estimate = probabilities(torch.from_numpy(interpolated))[..., self.target].numpy()
         self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
         stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
@@ -204,7 +211,7 @@ class _Job:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
         if settings is not None:
             info["drilldown"] = {"fraction": settings.fraction, "speedup": settings.speedup,
-                                 "coarse_stride": coarse_stride(settings, self.stride)}
+                                 "coarse_stride": coarse_stride(settings, self.stride), "rule": settings.rule}
         return info
 
     def evaluate(self, occ: Occlusions, report: Callable | None) -> tuple[torch.Tensor, RunStats]:

@@ -92,16 +92,19 @@ def _size(text: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-def _drilldown(text: str) -> bool | dict[str, float]:
+def _drilldown(text: str) -> bool | dict[str, Any]:
     """'on' / 'off', or key=value pairs: fraction=0.25,speedup=3 or coarse_stride=8 (checked here, before
     any model loads)."""
     if text.lower() in ("on", "true", "yes", "1"):
         return True
     if text.lower() in ("off", "false", "no", "0"):
         return False
-    spec: dict[str, float] = {}
+    spec: dict[str, Any] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
+        if key.strip() == "rule":
+            spec["rule"] = value.strip()
+            continue
         try:
             number = float(value)
         except ValueError:
@@ -199,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="approximate mode: adaptive drill-down (a coarse pass, then the most important cells at the "
         "fine stride); alone or 'on' for the defaults fraction=0.25,speedup=3, or e.g. "
         "fraction=0.25,speedup=3 or fraction=0.1,coarse_stride=8 (speedup or coarse_stride, not both)",
+    )
+    explain.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="approximate mode: also run exact mode and report the map's SSIM against it (otherwise the "
+        "approximate map is labelled 'quality not verified')",
     )
     explain.add_argument("--out", default="krypton-out", metavar="DIR", help="output folder (default: krypton-out)")
     explain.add_argument(
@@ -422,8 +431,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from krypton.models import DEMOS
     from krypton.outputs import save, save_raw
 
-    if (args.tau is not None or args.drilldown is not None) and args.mode != "approximate":
-        raise UsageError("--tau and --drilldown need --mode approximate")
+    if (args.tau is not None or args.drilldown is not None or args.compare_exact) and args.mode != "approximate":
+        raise UsageError("--tau, --drilldown and --compare-exact need --mode approximate")
     if args.device == "cuda":
         import torch
 
@@ -465,6 +474,8 @@ def run_explain(args: argparse.Namespace) -> int:
         kwargs["tau"] = args.tau
     if args.drilldown is not None:
         kwargs["drilldown"] = args.drilldown
+    if args.compare_exact:
+        kwargs["compare_exact"] = True
     used: set[str] = set()
     for name, truth, pixels in images:
         name = name if name not in used else f"{name}_{len(used)}"  # same file name from two folders
@@ -491,6 +502,9 @@ def run_explain(args: argparse.Namespace) -> int:
         meta = {"model": loaded.name, "image": name, "preprocess": pre.describe(), "picture": str(picture)}
         save_raw(result, out / stem, class_names=loaded.class_names, meta=meta)
         print(_summary_line(name, result, loaded, picture))
+        if result.stats.get("quality"):
+            print(f"note: approximate map, quality {result.stats['quality']}"
+                  + (" (add --compare-exact to measure it)" if "not verified" in result.stats["quality"] else ""))
         if result.probability >= EXTREME and (demo is None or truth is None):
             print(
                 f"note: p={result.probability:.4f} is extreme; if {name} is not the kind of image {loaded.name} "

@@ -235,3 +235,36 @@ def test_merged_tail_gives_the_same_approximate_outputs_as_per_batch():
     merged = run_exact(graph, occ, plan, batch_size=4, tail_batch=occ.count).outputs
     apart = run_exact(graph, occ, plan, batch_size=4, tail_batch=1).outputs
     torch.testing.assert_close(merged, apart, rtol=1e-5, atol=1e-6)
+
+
+def test_unverified_approximate_maps_say_so_and_measured_ones_carry_their_ssim():
+    from krypton.outputs.render import caption
+
+    model, image = model_and_image(32)
+    plain = krypton.explain(model, image, patch=8, stride=2, mode="approximate", tau=0.5)
+    assert plain.stats["quality"] == "not verified" and "quality not verified" in caption(plain)
+    checked = krypton.explain(model, image, patch=8, stride=2, mode="approximate", tau=0.5, compare_exact=True)
+    assert checked.stats["quality"] == f"measured: SSIM {checked.stats['ssim_vs_exact']:.3f} vs exact"
+    exact = krypton.explain(model, image, patch=8, stride=2)
+    assert "quality" not in exact.stats and "approximate" not in caption(exact)
+
+
+def test_region_drilldown_with_full_budget_equals_exact_and_both_rules_spend_the_same_budget():
+    from krypton.modes.approximate import select_cells
+
+    model, image = model_and_image(32)
+    exact = krypton.explain(model, image, patch=8, stride=2)
+    full = krypton.explain(model, image, patch=8, stride=2, mode="approximate", tau=1.0,
+                           drilldown={"fraction": 1.0, "coarse_stride": 4})  # fmt: skip
+    torch.testing.assert_close(full.heatmap, exact.heatmap, atol=1e-6, rtol=0)
+    rng = np.random.default_rng(0)
+    coarse = rng.random((12, 12))
+    for fraction in (0.1, 0.25, 0.5):
+        paper, regions = select_cells(coarse, fraction, "paper"), select_cells(coarse, fraction, "regions")
+        assert paper.sum() == regions.sum() == int(np.ceil(fraction * coarse.size))
+    peak = np.ones((12, 12))
+    peak[6, 6] = 0.2  # one sharp drop: the region rule takes its neighbourhood, the edge of the change
+    chosen = select_cells(peak, 0.1, "regions")
+    assert chosen[6, 6] and chosen[5, 6] and chosen[6, 5]
+    with pytest.raises(ValueError, match="drilldown rule must be one of regions, paper"):
+        krypton.explain(model, image, mode="approximate", drilldown={"rule": "magic"})

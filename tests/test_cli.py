@@ -134,7 +134,7 @@ def test_resize_choices_are_the_preprocessing_ones():
         (["explain", "FACE", *FAST, "--patch", "100"], ["patch 100 is larger than the model input (64x64)"]),
         (["explain", "FACE", *FAST, "--target", "bored"], ["unknown target class 'bored'"]),
         (["explain", "FACE", *FAST, "--target", "99"], ["target must be"]),
-        (["explain", "FACE", *FAST, "--tau", "0.5"], ["--tau and --drilldown need --mode approximate"]),
+        (["explain", "FACE", *FAST, "--tau", "0.5"], ["--tau, --drilldown and --compare-exact need --mode"]),
         (["explain", "FACE", *FAST, "--fill", "1,2"], ["fill"]),
         (["explain", "xray:99"], ["has no image '99'"]),
         (["analyze", "--model", "missing.onnx"], ["model file not found"]),
@@ -197,8 +197,16 @@ def test_approximate_flags_reach_the_engine(capsys, tmp_path, face, extra):
     code, out, err = run(capsys, "explain", str(face), *FAST, "--stride", "8", "--mode", "approximate", *extra,
                          "--out", str(tmp_path))  # fmt: skip
     assert code == 0, err
-    assert "face:" in out.strip().splitlines()[-1] and "approximate" in out
+    assert any(line.startswith("face:") for line in out.splitlines()) and "approximate" in out
     assert (tmp_path / "face-approximate.png").exists() and not (tmp_path / "face-exact.png").exists()
+    assert "quality not verified (add --compare-exact" in out
+
+
+def test_compare_exact_reports_the_measured_ssim(capsys, tmp_path, face):
+    code, out, err = run(capsys, "explain", str(face), *FAST, "--stride", "4", "--mode", "approximate", "--tau", "0.6",
+                         "--compare-exact", "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "quality measured: SSIM" in out
 
 
 def test_one_logit_torchvision_head_is_explained_on_the_sigmoid(capsys, tmp_path, face):

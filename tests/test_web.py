@@ -389,6 +389,9 @@ def test_compare_job_and_downloads(client):
     np.testing.assert_allclose(exact, _explain(0, patch=8, stride=2).heatmap.numpy(), atol=1e-5)
     assert final["result"]["ssim"] == pytest.approx(krypton.ssim(exact, approx), abs=1e-6)
     assert final["result"]["approximate_speedup_vs_exact"] > 0
+    assert final["result"]["quality"] == f"measured: SSIM {final['result']['ssim']:.3f} vs exact"
+    alone = _run(client, image_id=pid, patch=8, stride=4, mode="approximate", tau=0.5)
+    assert alone["result"]["quality"] == "not verified"  # an unverified approximate map says so
     job = final["id"]
     png = client.get(f"/api/jobs/{job}/result.png?phase=exact")
     assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).format == "PNG"

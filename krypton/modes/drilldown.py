@@ -33,12 +33,13 @@ def drill(
     stride: tuple[int, ...],
     target: int,
     fraction: float,
+    rule: str = "regions",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interpolated logits on the fine grid (*grid, K), and the fine rows to drill."""
     logits = stage1.double().reshape(*coarse_grid, -1).cpu().numpy()
     interpolated = upsample(logits, s1, grid, stride)
     target_probability = probabilities(torch.from_numpy(interpolated))[..., target].numpy()
-    drilled = select_cells(target_probability, fraction)
+    drilled = select_cells(target_probability, fraction, rule)
     return interpolated, np.nonzero(drilled.reshape(-1))[0]
 
 

@@ -84,6 +84,8 @@ def caption(explanation: Any) -> str:
     parts.append(f"{positions} positions{timing}")
     if stats.get("theoretical_speedup"):
         parts.append(f"{stats['theoretical_speedup']:.1f}x fewer MACs than naive")
+    if stats.get("quality"):
+        parts.append(f"approximate map, quality {stats['quality']}")
     return ", ".join(parts)
 
 

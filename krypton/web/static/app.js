@@ -258,6 +258,9 @@ function finished(snap) {
   if (result.ssim != null) {
     $("ssim").textContent = `SSIM ${result.ssim.toFixed(3)} · approximate ${result.approximate_speedup_vs_exact.toFixed(2)}x faster`;
     text += ` SSIM ${result.ssim.toFixed(3)}.`;
+  } else if (result.phases.approximate) {
+    // an approximate map nobody compared with exact: say so, it must not pass for an exact one
+    text += " Approximate map: quality not verified (tick the comparison with exact to measure it).";
   }
   $("status").textContent = text;
   const first = Object.keys(result.phases)[0];
