@@ -151,6 +151,28 @@ def test_tune_picks_a_tau_from_the_grid_and_reports_heldout():
         if tau >= result.tau and result.tau < 1.0:
             assert np.quantile(values, 0.1) >= 0.5
     assert "tau =" in result.summary()
+    tried = result.candidates
+    assert tried and all(len(c.ssim) == len(c.rendered_ssim) == 2 for c in tried)
+    chosen = next(c for c in tried if c.settings == result.settings) if result.tau < 1.0 or result.drilldown else None
+    if chosen is not None:  # nothing predicted faster met the target
+        assert all(c.quality(0.1) < 0.5 for c in tried if c.predicted_speedup > chosen.predicted_speedup)
+    krypton.explain(model, images[2], patch=8, stride=8, mode="approximate", **result.settings)
+
+
+def test_tune_with_a_speed_target_returns_the_best_quality_reaching_it():
+    model, image = model_and_image(40)
+    images = [image, torch.randn(3, 40, 40)]
+    result = krypton.tune(model, images, patch=8, stride=4, taus=(0.8, 0.5), target_ssim=0.5, target_speedup=1.5,
+                          drilldowns=(None, {"fraction": 0.25, "speedup": 2.0}))  # fmt: skip
+    fast = [c for c in result.candidates if c.predicted_speedup >= 1.5]
+    assert fast and result.predicted_speedup >= 1.5
+    assert max(c.quality(0.1) for c in fast) == pytest.approx(
+        next(c for c in fast if c.settings == result.settings).quality(0.1)
+    )
+    with pytest.raises(ValueError, match="target_ssim 1.0 means exact maps"):
+        krypton.tune(model, images, patch=8, stride=4, target_ssim=1.0, target_speedup=2.0)
+    with pytest.raises(ValueError, match="target_speedup must be a number > 1"):
+        krypton.tune(model, images, patch=8, stride=4, target_speedup=0.5)
 
 
 def test_drilldown_for_turns_speedup_into_settings():

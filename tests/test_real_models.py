@@ -45,11 +45,14 @@ def test_tuned_tau_meets_ssim_target_on_heldout_images(demo_name):
     model, images = _inputs(demo_name, n_sample + n_heldout)
     sample, heldout = images[:n_sample], images[n_sample:]
     result = krypton.tune(
-        model, sample, heldout_images=heldout, patch=patch, stride=stride, target_ssim=TARGET, taus=taus
-    )
+        model, sample, heldout_images=heldout, patch=patch, stride=stride, target_ssim=TARGET, taus=taus,
+        drilldowns=(None, {"fraction": 0.25, "speedup": 2.0}),
+    )  # fmt: skip
     print(demo_name, result.summary())
     assert result.heldout_ssim and min(result.heldout_ssim) >= TARGET, result.summary()
-    if result.tau < 1.0:
+    tuned_map = krypton.explain(model, heldout[0], patch=patch, stride=stride, mode="approximate", **result.settings)
+    assert tuned_map.heatmap.shape == krypton.explain(model, heldout[0], patch=patch, stride=stride).heatmap.shape
+    if result.tau < 1.0 and result.drilldown is None:
         exact = krypton.analyze(model, tuple(images[0].shape), patch=patch, stride=stride).incremental_macs
         tuned = krypton.analyze(model, tuple(images[0].shape), patch=patch, stride=stride, tau=result.tau)
         assert tuned.incremental_macs < exact

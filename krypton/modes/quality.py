@@ -25,3 +25,22 @@ def ssim(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray)
     win = min(7, side if side % 2 else side - 1)
     span = max(float(a.max() - a.min()), float(b.max() - b.min()), 1e-6)
     return float(structural_similarity(a, b, data_range=span, win_size=win))
+
+
+def rendered_ssim(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray, probability: float,
+                  size: int = 224) -> float:
+    """The paper's kind of SSIM: both maps drawn as jet_r colour images clipped to [0.75 p, min(1, 1.25 p)]
+    (p = the clean probability), resized to `size` (nearest) and compared as RGB images. Usually higher
+    than `ssim` on raw maps, because clipping and colour mapping hide small differences."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    low, high = 0.75 * probability, min(1.0, 1.25 * probability)
+    span = max(high - low, 1e-6)
+    images = []
+    for heat in (reference, other):
+        values = np.asarray(heat.detach().cpu() if isinstance(heat, torch.Tensor) else heat, dtype=np.float64)
+        rgb = colormaps["jet_r"](np.clip((values - low) / span, 0.0, 1.0))[..., :3]
+        picture = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
+        images.append(np.asarray(picture, dtype=np.float64) / 255.0)
+    return float(structural_similarity(images[0], images[1], data_range=1.0, channel_axis=-1))

@@ -1,14 +1,18 @@
-"""Auto-tuning: the lowest projective-field threshold tau that keeps heat maps at a target SSIM.
+"""Auto-tuning: projective-field threshold tau and adaptive drill-down, chosen together for a quality target.
 
-Like the paper (Sec. 4.3), SSIM(exact, approximate) is measured on sample images over a grid of tau;
-the paper fits a quadratic to the mean and solves for the target, which met the target on 80 % of its
-held-out images. We choose instead the lowest tau whose lower quantile (default: 10th percentile) of
-the sample SSIMs meets the target - a per-image guarantee rather than an average - and still report
-the quadratic fit. Held-out images then measure what the chosen tau really achieves.
+Like the paper (Sec. 4.3), SSIM(exact, approximate) is measured on sample images. Every candidate
+setting (a tau from `taus`, with or without one of `drilldowns`) gets a predicted speedup over exact
+mode (the plan's MACs for tau times Eq. 28 for drill-down); candidates are tried from the fastest down
+and the first whose lower quantile (default: the 10th percentile) of sample SSIMs meets the target wins:
+a per-image guarantee rather than the paper's mean. With `target_speedup` the search turns around: the
+best quality among settings predicted to reach that speed. Held-out images then measure what the
+chosen setting really achieves. Every candidate tried is kept as evidence (both SSIMs: on raw maps and,
+as the paper measured, on rendered ones; predicted and measured speedups).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,21 +21,57 @@ import numpy as np
 import torch
 from torch import nn
 
-from krypton.modes.approximate import Drilldown, coarse_stride, predicted_speedup
-from krypton.modes.quality import ssim
+from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, predicted_speedup
+from krypton.modes.quality import rendered_ssim, ssim
 
 DEFAULT_TAUS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+DEFAULT_DRILLDOWNS: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"fraction": 0.25, "speedup": 2.0},
+    {"fraction": 0.25, "speedup": 3.0},
+    {"fraction": 0.1, "speedup": 5.0},
+)
+
+
+@dataclass
+class Candidate:
+    """One setting tried: its predictions and what the sample images measured."""
+
+    tau: float
+    drilldown: dict[str, Any] | None
+    predicted_speedup: float  # over exact mode
+    ssim: list[float] = field(default_factory=list)  # per sample image, raw maps
+    rendered_ssim: list[float] = field(default_factory=list)  # per sample image, the paper's rendered maps
+    measured_speedup: float = float("nan")  # exact wall time / this setting's, summed over the samples
+
+    def quality(self, quantile: float) -> float:
+        return float(np.quantile(self.ssim, quantile)) if self.ssim else float("nan")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments for `krypton.explain(..., mode="approximate", **settings)`."""
+        return {"tau": self.tau, "drilldown": self.drilldown}
 
 
 @dataclass
 class TuneResult:
-    """The chosen tau and the evidence for it."""
+    """The chosen setting and the evidence for it."""
 
     tau: float
     target_ssim: float
-    sample_ssim: dict[float, list[float]]  # tau -> SSIM of each sample image
+    sample_ssim: dict[float, list[float]]  # tau -> SSIM of each sample image (settings without drill-down)
     fit: list[float]  # quadratic SSIM(tau) coefficients, lowest degree first (the paper's model)
     heldout_ssim: list[float] = field(default_factory=list)
+    drilldown: dict[str, Any] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    predicted_speedup: float = 1.0
+    target_speedup: float | None = None
+    met: bool = True  # whether the chosen setting meets the targets on the samples
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Ready to use: `krypton.explain(model, image, mode="approximate", **result.settings)`."""
+        return {"tau": self.tau, "drilldown": self.drilldown}
 
     @property
     def heldout_met(self) -> float:
@@ -41,23 +81,55 @@ class TuneResult:
         return float(np.mean([s >= self.target_ssim for s in self.heldout_ssim]))
 
     def summary(self) -> str:
-        rows = [f"tau {t:.2f}: min {min(v):.3f} mean {np.mean(v):.3f}" for t, v in sorted(self.sample_ssim.items())]
+        rows = [
+            f"tau {c.tau:.2f} drill-down {c.drilldown or 'off'}: predicted {c.predicted_speedup:.2f}x, measured "
+            f"{c.measured_speedup:.2f}x, SSIM min {min(c.ssim):.3f} mean {np.mean(c.ssim):.3f} "
+            f"(rendered mean {np.mean(c.rendered_ssim):.3f})"
+            for c in self.candidates
+            if c.ssim
+        ]
         held = ""
         if self.heldout_ssim:
             held = (f"; held-out SSIM mean {np.mean(self.heldout_ssim):.3f}, min {min(self.heldout_ssim):.3f}, "
                     f"{100 * self.heldout_met:.0f}% >= {self.target_ssim}")
-        return f"tau = {self.tau} for SSIM >= {self.target_ssim}{held}\n" + "\n".join(rows)
+        head = f"tau = {self.tau}, drill-down {self.drilldown or 'off'} for SSIM >= {self.target_ssim}"
+        if self.target_speedup:
+            head += f" at >= {self.target_speedup}x" + ("" if self.met else " (SSIM target NOT met)")
+        return f"{head}{held}\n" + "\n".join(rows)
 
 
-def _maps(model: nn.Module, image: torch.Tensor, taus: Sequence[float], **kwargs: Any) -> dict[float, torch.Tensor]:
+def _run(model: nn.Module, image: torch.Tensor, settings: dict[str, Any] | None, **kwargs: Any) -> tuple[Any, float]:
     from krypton.api import explain
 
-    exact = explain(model, image, mode="exact", **kwargs)
-    maps = {1.0: exact.heatmap}
-    for tau in taus:
-        if tau < 1.0:
-            maps[tau] = explain(model, image, mode="approximate", tau=tau, target=exact.target, **kwargs).heatmap
-    return maps
+    started = time.perf_counter()
+    if settings is None:
+        result = explain(model, image, mode="exact", **kwargs)
+    else:
+        result = explain(model, image, mode="approximate", **settings, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def _predictions(model: nn.Module, image: torch.Tensor, taus: Sequence[float], drilldowns: Sequence[Any],
+                 patch: Any, stride: Any) -> list[Candidate]:  # fmt: skip
+    """Every (tau, drill-down) candidate with its predicted speedup over exact, fastest first."""
+    from krypton import _validate
+    from krypton.api import analyze
+
+    shape = tuple(image.shape[-3:])
+    exact_macs = analyze(model, shape, patch=patch, stride=stride).incremental_macs
+    pair = _validate.pair("stride", stride)
+    candidates = []
+    for tau in sorted(set(taus) | {1.0}, reverse=True):
+        mac_gain = exact_macs / max(analyze(model, shape, patch=patch, stride=stride, tau=tau).incremental_macs, 1e-9)
+        for spec in drilldowns:
+            settings = parse_drilldown(spec)
+            if settings is None and tau == 1.0:
+                continue  # exact itself
+            gain = 1.0
+            if settings is not None:
+                gain = predicted_speedup(coarse_stride(settings, pair), pair, settings.fraction)
+            candidates.append(Candidate(tau, spec, mac_gain * gain))
+    return sorted(candidates, key=lambda c: -c.predicted_speedup)
 
 
 def tune(
@@ -69,38 +141,88 @@ def tune(
     target_ssim: float = 0.9,
     heldout_images: Sequence[torch.Tensor] = (),
     taus: Sequence[float] = DEFAULT_TAUS,
+    drilldowns: Sequence[dict[str, Any] | Drilldown | None] = DEFAULT_DRILLDOWNS,
+    target_speedup: float | None = None,
     quantile: float = 0.1,
     fill: Any = 0.0,
     batch_size: int | None = None,
 ) -> TuneResult:
-    """Lowest tau in `taus` whose `quantile` of sample SSIMs reaches `target_ssim` (1.0 if none does)."""
-    if not 0 < target_ssim <= 1:
+    """The fastest (tau, drill-down) whose `quantile` of sample SSIMs reaches `target_ssim` (exact if none
+    does); with `target_speedup`, the best quality among settings predicted to reach that speed."""
+    if isinstance(target_ssim, bool) or not isinstance(target_ssim, (int, float)) or not 0 < target_ssim <= 1:
         raise ValueError(f"target_ssim must be in (0, 1], got {target_ssim!r}")
+    if target_speedup is not None:
+        if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
+            raise ValueError(f"target_speedup must be a number > 1 (a speedup over exact mode), got {target_speedup!r}")
+        if target_ssim >= 1:
+            raise ValueError("target_ssim 1.0 means exact maps, which no speedup over exact mode can give; "
+                             "lower target_ssim or drop target_speedup")  # fmt: skip
     if not sample_images:
         raise ValueError("sample_images must hold at least one image")
     if not all(0 < t <= 1 for t in taus):
         raise ValueError(f"taus must lie in (0, 1], got {list(taus)}")
     if not 0 <= quantile < 1:
         raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
+    for spec in drilldowns:
+        parse_drilldown(spec)  # bad settings fail before any run
     kwargs = {"patch": patch, "stride": stride, "fill": fill, "batch_size": batch_size}
-    scores: dict[float, list[float]] = {t: [] for t in taus if t < 1.0}
-    for image in sample_images:
-        maps = _maps(model, image, list(scores), **kwargs)
-        for t in scores:
-            scores[t].append(ssim(maps[1.0], maps[t]))
-    chosen = 1.0
-    for t in sorted(scores, reverse=True):
-        if np.quantile(scores[t], quantile) >= target_ssim:
-            chosen = t
+    candidates = _predictions(model, sample_images[0], taus, drilldowns, patch, stride)
+    exact = [_run(model, image, None, **kwargs) for image in sample_images]
+    targets = [result.target for result, _ in exact]
+
+    def measure(candidate: Candidate) -> Candidate:
+        if candidate.ssim:
+            return candidate
+        spent = 0.0
+        for (reference, _), image, target in zip(exact, sample_images, targets):
+            result, seconds = _run(model, image, candidate.settings, target=target, **kwargs)
+            spent += seconds
+            candidate.ssim.append(ssim(reference.heatmap, result.heatmap))
+            candidate.rendered_ssim.append(rendered_ssim(reference.heatmap, result.heatmap, reference.probability))
+        candidate.measured_speedup = sum(seconds for _, seconds in exact) / max(spent, 1e-9)
+        return candidate
+
+    chosen: Candidate | None = None
+    met = True
+    if target_speedup is None:
+        for candidate in candidates:
+            if measure(candidate).quality(quantile) >= target_ssim:
+                chosen = candidate
+                break
+    else:
+        fast = [measure(c) for c in candidates if c.predicted_speedup >= target_speedup]
+        if fast:
+            chosen = max(fast, key=lambda c: c.quality(quantile))
+            met = chosen.quality(quantile) >= target_ssim
         else:
-            break
-    xs = [t for t in scores for _ in scores[t]] + [1.0] * len(sample_images)
-    ys = [s for t in scores for s in scores[t]] + [1.0] * len(sample_images)
+            met = False
+    for t in taus:  # the paper's tau-only curve, for the quadratic fit and `sample_ssim`
+        plain = next((c for c in candidates if c.tau == t and c.drilldown is None), None)
+        if plain is not None and t < 1.0:
+            measure(plain)
+    sample = {c.tau: c.ssim for c in candidates if c.drilldown is None and c.ssim}
+    xs = [t for t in sample for _ in sample[t]] + [1.0] * len(sample_images)
+    ys = [v for t in sample for v in sample[t]] + [1.0] * len(sample_images)
     fit = np.polynomial.polynomial.polyfit(xs, ys, 2).tolist() if len(set(xs)) > 2 else []
-    result = TuneResult(chosen, target_ssim, scores, fit)
+    tried = [c for c in candidates if c.ssim]
+    result = TuneResult(
+        tau=chosen.tau if chosen else 1.0,
+        target_ssim=target_ssim,
+        sample_ssim=sample,
+        fit=fit,
+        drilldown=chosen.drilldown if chosen else None,
+        candidates=tried,
+        predicted_speedup=chosen.predicted_speedup if chosen else 1.0,
+        target_speedup=target_speedup,
+        met=met,
+    )
     for image in heldout_images:
-        maps = _maps(model, image, [chosen], **kwargs)
-        result.heldout_ssim.append(ssim(maps[1.0], maps[chosen]) if chosen < 1.0 else 1.0)
+        if chosen is None:
+            result.heldout_ssim.append(1.0)
+            continue
+        reference, _ = _run(model, image, None, **kwargs)
+        approx, _ = _run(model, image, chosen.settings, target=reference.target, **kwargs)
+        result.heldout_ssim.append(ssim(reference.heatmap, approx.heatmap))
     return result
 
 
