@@ -247,3 +247,36 @@ def test_progress_bar_shows_the_capture_phase(capsys):
     assert bar.desc.startswith("krypton exact") and "capturing" not in bar.desc
     assert bar.start_t >= start and "graph ready in" in bar.postfix
     bar.close()
+
+
+class Cancelling(nn.Module):
+    """Numerically unstable on purpose: a large offset added and removed, so rounding is amplified."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)) * 1000.0
+        h = (h + 3.0e6) - 3.0e6
+        return self.fc(h.mean((2, 3)))
+
+
+def test_self_check_tolerance_follows_the_models_own_sensitivity():
+    from krypton.modes.exact import rounding_sensitivity, self_check
+
+    model, image = Cancelling().eval(), torch.randn(1, 3, 16, 16)
+    occ, _ = grid_occlusions(image, (4, 4), (4, 4), torch.zeros(3, 4, 4))
+    with torch.no_grad():
+        exact = model(occ.materialize(np.arange(occ.count)))
+        images = occ.materialize(np.array([0, occ.count - 1]))
+        wobble = rounding_sensitivity(model, images, model(images))
+        assert wobble > 1e-3  # float32 inference of this model is visibly off its float64 result
+        jittered = exact.clone()
+        jittered[[0, -1]] += 2 * wobble  # as large as the model's own rounding noise: not an error
+        assert self_check(model, occ, jittered) is None
+        broken = exact.clone()
+        broken[[0, -1]] += 1000 * wobble + 1.0  # far beyond it: a real mismatch
+        assert self_check(model, occ, broken) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,14 +115,40 @@ def run_exact(
 def self_check(
     model: Callable, occlusions: Occlusions, outputs: torch.Tensor, among: np.ndarray | None = None, samples: int = 2
 ) -> float | None:
-    """Re-run a few positions (of `among`, default all) in full: None if they agree, else the worst difference."""
+    """Re-run a few positions (of `among`, default all) in full: None if they agree, else the worst difference.
+
+    "Agree" follows the model's own sensitivity: beyond the fixed tolerance, a difference is accepted
+    when it is within ROUNDING_SLACK times the rounding error of full inference itself (float32 against
+    float64): a numerically unstable network - large cancellations - turns the engine's different
+    summation order into differences of that size, which are not an error of the engine.
+    """
     among = np.arange(occlusions.count) if among is None else np.asarray(among)
     if not len(among):
         return None
     index = np.unique(among[np.linspace(0, len(among) - 1, samples).astype(np.int64)])
-    reference = model(occlusions.materialize(index))
+    images = occlusions.materialize(index)
+    reference = model(images)
     got = outputs[torch.from_numpy(index).to(outputs.device)]
     scale = float(reference.abs().max()) + 1e-6
     if torch.allclose(got, reference, rtol=1e-3, atol=1e-4 * scale):
         return None
-    return float((got - reference).abs().max())
+    worst = float((got - reference).abs().max())
+    if worst <= ROUNDING_SLACK * rounding_sensitivity(model, images, reference):
+        return None
+    return worst
+
+
+ROUNDING_SLACK = 10.0
+
+
+def rounding_sensitivity(model: Callable, images: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far full float32 inference is from float64 inference on these images (0 when the model is
+    not an nn.Module, already float64, or cannot run in float64)."""
+    if not isinstance(model, torch.nn.Module) or images.dtype == torch.float64:
+        return 0.0
+    try:
+        wide = copy.deepcopy(model).double()
+        truth = wide(images.double())
+    except Exception:  # a model with float32-only parts: no estimate, the fixed tolerance decides
+        return 0.0
+    return float((truth - reference.double()).abs().max())
