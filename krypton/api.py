@@ -18,7 +18,7 @@ from krypton._borrow import borrowed
 from krypton.capture import Graph
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
-from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, threshold
+from krypton.modes.approximate import Drilldown, approximation, coarse_stride, parse_drilldown
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
 from krypton.modes.exact import auto_batch, plan_for
 from krypton.modes.occlusions import Occlusions, grid_occlusions
@@ -75,6 +75,7 @@ def explain(
     on_update: OnUpdate | None = None,
     compare_exact: bool = False,
     path: str = "auto",
+    local_gates: bool = False,
 ) -> Explanation:
     """Occlusion-based explanation of `model`'s output for `image`.
 
@@ -83,7 +84,9 @@ def explain(
     probability. Modes: "naive" (full re-inference), "exact" (incremental inference, same numbers),
     "approximate" (projective-field threshold `tau`, default 0.7, and/or adaptive `drilldown`).
     `on_update` receives progressive maps (coarse first); `compare_exact` also runs exact mode and
-    records the SSIM of this map against it in `stats`. `path` = "auto" runs whichever of incremental
+    records the SSIM of this map against it in `stats`. `local_gates` (approximate mode) keeps
+    squeeze-excitation gates' changes inside the occluded region, so SE networks (EfficientNet,
+    MobileNetV3, RegNetY) regain their convolutional speedup. `path` = "auto" runs whichever of incremental
     and full inference measures faster (recorded in `stats["path"]` and `stats["reason"]`);
     "incremental" insists on the engine, "naive" forbids it.
     """
@@ -94,6 +97,10 @@ def explain(
     path = _validate.mode(path, PATHS, name="path")
     batch_size = _validate.positive_int("batch_size", batch_size)
     tau, settings = _approximation(mode, tau, drilldown)
+    if not isinstance(local_gates, bool):
+        raise ValueError(f"local_gates must be True or False, got {local_gates!r}")
+    if local_gates and mode != "approximate":
+        raise ValueError(f"local_gates applies to mode='approximate' only (mode is {mode!r})")
     image = _validate.image(image, rank)
     _validate.patch_fits(patch, tuple(image.shape[2:]))
     if not isinstance(model, nn.Module):
@@ -102,12 +109,13 @@ def explain(
     with borrowed(model, device):  # the caller's model comes back as it was (mode, device, tensors)
         image = image.to(next(iter(model.parameters()), image).device)
         options = dict(patch=patch, stride=stride, fill=fill, target=target, mode=mode, tau=tau, settings=settings,
-                       batch_size=batch_size, progress=progress, on_update=on_update, path=path)
+                       batch_size=batch_size, progress=progress, on_update=on_update, path=path, gates=local_gates)
         result = _explain(model, image, **options)
         if mode == "approximate":
             result.stats["quality"] = UNVERIFIED
         if compare_exact:
-            options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None)
+            options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None,
+                           gates=False)
             exact = _explain(model, image, **options)
             result.stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
             if result.rank == 2 and min(result.heatmap.shape) >= 3:
@@ -119,7 +127,7 @@ def explain(
 def _explain(
     model: nn.Module, image: torch.Tensor, *, patch: tuple[int, ...], stride: tuple[int, ...], fill: Any,
     target: Any, mode: str, tau: float, settings: Drilldown | None, batch_size: int | None, progress: bool,
-    on_update: OnUpdate | None, path: str,
+    on_update: OnUpdate | None, path: str, gates: bool = False,
 ) -> Explanation:
     fill_t = _validate.fill(fill, image.shape[1], patch, image)
     base = _clean_output(model, image)[0]
@@ -127,7 +135,7 @@ def _explain(
         target = int(probabilities(base).argmax())
     target = check_target(target, base)
     job = _Job(model, image, patch, stride, fill_t, int(target), mode, tau, batch_size, progress, on_update)
-    job.path, job.clean = path, base[None]
+    job.path, job.clean, job.gates = path, base[None], gates
     started = time.perf_counter()
     outputs, stats, drilled = job.run(settings)
     stats["wall_time_s"] = time.perf_counter() - started
@@ -166,7 +174,7 @@ class _Job:
         self.model, self.image, self.patch, self.stride, self.fill = model, image, patch, stride, fill
         self.target, self.mode, self.tau, self.batch_size = target, mode, tau, batch_size
         self.progress, self.on_update = progress, on_update
-        self.path, self.clean = "auto", None
+        self.path, self.clean, self.gates = "auto", None, False
         self.fine, self.positions = grid_occlusions(image, patch, stride, fill)
         self.grid = tuple(self.positions.shape[:-1])
         self.started = time.perf_counter()
@@ -209,6 +217,8 @@ class _Job:
 
     def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
+        if self.gates:
+            info["local_gates"] = True
         if settings is not None:
             info["drilldown"] = {"fraction": settings.fraction, "speedup": settings.speedup,
                                  "coarse_stride": coarse_stride(settings, self.stride), "rule": settings.rule}
@@ -229,6 +239,7 @@ class _Job:
                 on_batch=report,
                 levels=_grid_levels(occ) if report is not None else None,
                 clean=self.clean,
+                local_gates=self.gates,
                 on_phase=None if bar is None else functools.partial(_phase, bar, f"krypton {self.mode}"),
             )
         finally:
@@ -330,6 +341,7 @@ def analyze(
     stride: int | tuple[int, ...] = 4,
     batch_size: int | None = None,
     tau: float = 1.0,
+    local_gates: bool = False,
 ) -> Analysis:
     """Theoretical (MAC-count) speedup of incremental inference over naive, per op.
 
@@ -351,7 +363,7 @@ def analyze(
     image = torch.zeros(shape)
     graph = captured(model, image)
     occlusions, _ = grid_occlusions(image, patch, stride, torch.zeros(shape[1], *patch))
-    plan = plan_for(graph, occlusions, threshold(tau))
+    plan = plan_for(graph, occlusions, approximation(tau, local_gates))
     batch_size = _validate.positive_int("batch_size", batch_size) or auto_batch(plan)
     return _analysis(plan, batch_size)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_threshold_cuts_boxes_around_their_centre():
             return (1, 2)
 
     cut = threshold(0.5)
-    out = cut(FakeSite(), FakeRule(), Boxes(np.array([[0, 2, 0]]), np.array([[4, 16, 3]])))
+    out = cut(FakeSite(), FakeRule(), Boxes(np.array([[0, 2, 0]]), np.array([[4, 16, 3]])), {})
     assert out.lo.tolist() == [[0, 4, 0]] and out.hi.tolist() == [[4, 14, 3]]  # 14 -> 10 rows, centred
     assert threshold(1.0) is None and lookup is not None
 
@@ -290,3 +291,48 @@ def test_region_drilldown_with_full_budget_equals_exact_and_both_rules_spend_the
     assert chosen[6, 6] and chosen[5, 6] and chosen[6, 5]
     with pytest.raises(ValueError, match="drilldown rule must be one of regions, paper"):
         krypton.explain(model, image, mode="approximate", drilldown={"rule": "magic"})
+
+
+class SqueezeExcite(nn.Module):
+    """conv -> SE gate (global mean -> 1x1 convs -> sigmoid) -> multiply -> conv -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.squeeze, self.excite = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(h.mean((2, 3), keepdim=True)))))
+        h = torch.relu(self.c2(h * gate))
+        return self.head(h.mean((2, 3)))
+
+
+def test_local_gates_keep_se_changes_local_and_say_so():
+    model = condition(SqueezeExcite(), (1, 3, 32, 32))
+    image = torch.randn(3, 32, 32)
+    exact_plan = krypton.analyze(model, (3, 32, 32), patch=8, stride=4)
+    local_plan = krypton.analyze(model, (3, 32, 32), patch=8, stride=4, local_gates=True)
+    assert local_plan.incremental_macs < 0.7 * exact_plan.incremental_macs  # the second conv is local again
+    exact = krypton.explain(model, image, patch=8, stride=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no self-check false alarm: the approximation is not checked as exact
+        local = krypton.explain(model, image, patch=8, stride=4, mode="approximate", tau=1.0, local_gates=True,
+                                compare_exact=True, path="incremental")  # fmt: skip
+    assert local.stats["local_gates"] is True and local.stats["path"] == "incremental"
+    assert not torch.allclose(local.scores, exact.scores)  # an approximation, not exact
+    assert local.stats["ssim_vs_exact"] > 0.5
+    with pytest.raises(ValueError, match="local_gates applies to mode='approximate' only"):
+        krypton.explain(model, image, local_gates=True)
+
+
+def test_tuner_tries_local_gates_only_where_the_model_has_gates():
+    se = condition(SqueezeExcite(), (1, 3, 32, 32))
+    images = [torch.randn(3, 32, 32) for _ in range(2)]
+    result = krypton.tune(se, images, patch=8, stride=4, taus=(0.8,), drilldowns=(None,), target_ssim=0.3)
+    assert any(c.local_gates for c in result.candidates)
+    assert "local_gates" in result.settings
+    plain, _ = model_and_image(32)
+    result = krypton.tune(plain, images, patch=8, stride=4, taus=(0.8,), drilldowns=(None,), target_ssim=0.3)
+    assert not any(c.local_gates for c in result.candidates)

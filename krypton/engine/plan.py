@@ -89,7 +89,8 @@ def _primary_body(shape: Any) -> tuple[int, ...]:
     return tuple(shape[1:]) if shape else ()
 
 
-BoxTransform = Callable[[Site, Rule, Boxes], Boxes]
+# (site, rule, output boxes, input boxes by argument name) -> output boxes: approximations live here
+BoxTransform = Callable[[Site, Rule, Boxes, dict[str, Any]], Boxes]
 
 
 def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None = None) -> Plan:
@@ -118,7 +119,7 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
         if out is None:
             continue
         if transform is not None:
-            out = _transformed(out, lambda b, site=site, rule=rule: transform(site, rule, b))
+            out = _transformed(out, lambda b, site=site, rule=rule, given=boxes_in: transform(site, rule, b, given))
         env[call.node] = out
         precise = rule.precise_for(site)
         if not precise:

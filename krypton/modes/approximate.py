@@ -25,7 +25,7 @@ def threshold(tau: float) -> BoxTransform | None:
     if tau >= 1.0:
         return None
 
-    def cut(site: Site, rule: Rule, boxes: Boxes) -> Boxes:
+    def cut(site: Site, rule: Rule, boxes: Boxes, inputs: dict[str, Any]) -> Boxes:
         axes = rule.spatial_axes(site)
         if not axes:
             return boxes
@@ -39,6 +39,62 @@ def threshold(tau: float) -> BoxTransform | None:
         return Boxes(lo, hi)
 
     return cut
+
+
+def local_gates() -> BoxTransform:
+    """Squeeze-excitation kept local: where a per-channel gate (C, 1, 1), computed from a global mean,
+    multiplies a feature map (C, H, W), the product changes only where the feature map itself changed.
+
+    Exactly, the gate's change reaches every cell of the map (so after the first SE block the whole
+    tensor changes and SE networks gain nothing). Approximately, the cells inside the feature map's
+    changed region use the occluded gate and the cells outside keep their clean values (clean map times
+    clean gate): the occlusion's effect on the gate is counted where the occlusion is.
+    """
+    import torch
+
+    mul = torch.ops.aten.mul.Tensor
+
+    def keep_local(site: Site, rule: Rule, boxes: Boxes, inputs: dict[str, Any]) -> Boxes:
+        if site.call.target is not mul or len(site.call.inputs) != 2:
+            return boxes
+        out = site.body()
+        first, second = site.call.inputs
+        shapes = [site.body(first), site.body(second)]
+        for big, gate in ((0, 1), (1, 0)):
+            if _is_gate(shapes[gate], out) and tuple(shapes[big]) == tuple(out):
+                changed = inputs.get(list(site.args)[big])
+                if changed is None:
+                    return Boxes.make(np.zeros_like(boxes.lo), np.zeros_like(boxes.hi), out)
+                return Boxes(changed.lo.copy(), changed.hi.copy())
+        return boxes
+
+    return keep_local
+
+
+def _is_gate(shape: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    """(C, 1, 1[, 1]) against a (C, H, W[, D]) map with at least one spatial axis > 1."""
+    return (
+        len(shape) == len(out) >= 2
+        and shape[0] in (1, out[0])
+        and all(s == 1 for s in shape[1:])
+        and any(o > 1 for o in out[1:])
+    )
+
+
+def approximation(tau: float = 1.0, gates: bool = False) -> BoxTransform | None:
+    """The box transform of an approximate run: thresholding (tau < 1) and/or local gates; None = exact."""
+    parts = [t for t in (threshold(tau), local_gates() if gates else None) if t is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+
+    def both(site: Site, rule: Rule, boxes: Boxes, inputs: dict[str, Any]) -> Boxes:
+        for part in parts:
+            boxes = part(site, rule, boxes, inputs)
+        return boxes
+
+    return both
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class Candidate:
     tau: float
     drilldown: dict[str, Any] | None
     predicted_speedup: float  # over exact mode
+    local_gates: bool = False
     ssim: list[float] = field(default_factory=list)  # per sample image, raw maps
     rendered_ssim: list[float] = field(default_factory=list)  # per sample image, the paper's rendered maps
     measured_speedup: float = float("nan")  # exact wall time / this setting's, summed over the samples
@@ -50,7 +51,7 @@ class Candidate:
     @property
     def settings(self) -> dict[str, Any]:
         """Keyword arguments for `krypton.explain(..., mode="approximate", **settings)`."""
-        return {"tau": self.tau, "drilldown": self.drilldown}
+        return {"tau": self.tau, "drilldown": self.drilldown, "local_gates": self.local_gates}
 
 
 @dataclass
@@ -67,11 +68,12 @@ class TuneResult:
     predicted_speedup: float = 1.0
     target_speedup: float | None = None
     met: bool = True  # whether the chosen setting meets the targets on the samples
+    local_gates: bool = False
 
     @property
     def settings(self) -> dict[str, Any]:
         """Ready to use: `krypton.explain(model, image, mode="approximate", **result.settings)`."""
-        return {"tau": self.tau, "drilldown": self.drilldown}
+        return {"tau": self.tau, "drilldown": self.drilldown, "local_gates": self.local_gates}
 
     @property
     def heldout_met(self) -> float:
@@ -82,9 +84,9 @@ class TuneResult:
 
     def summary(self) -> str:
         rows = [
-            f"tau {c.tau:.2f} drill-down {c.drilldown or 'off'}: predicted {c.predicted_speedup:.2f}x, measured "
-            f"{c.measured_speedup:.2f}x, SSIM min {min(c.ssim):.3f} mean {np.mean(c.ssim):.3f} "
-            f"(rendered mean {np.mean(c.rendered_ssim):.3f})"
+            f"tau {c.tau:.2f} drill-down {c.drilldown or 'off'}{', local gates' if c.local_gates else ''}: "
+            f"predicted {c.predicted_speedup:.2f}x, measured {c.measured_speedup:.2f}x, "
+            f"SSIM min {min(c.ssim):.3f} mean {np.mean(c.ssim):.3f} (rendered mean {np.mean(c.rendered_ssim):.3f})"
             for c in self.candidates
             if c.ssim
         ]
@@ -110,8 +112,9 @@ def _run(model: nn.Module, image: torch.Tensor, settings: dict[str, Any] | None,
 
 
 def _predictions(model: nn.Module, image: torch.Tensor, taus: Sequence[float], drilldowns: Sequence[Any],
-                 patch: Any, stride: Any) -> list[Candidate]:  # fmt: skip
-    """Every (tau, drill-down) candidate with its predicted speedup over exact, fastest first."""
+                 patch: Any, stride: Any, gate_options: Sequence[bool] = (False,)) -> list[Candidate]:  # fmt: skip
+    """Every (tau, drill-down, local gates) candidate with its predicted speedup over exact, fastest first.
+    Local gates are only tried where they change the plan (the model has squeeze-excitation gates)."""
     from krypton import _validate
     from krypton.api import analyze
 
@@ -120,15 +123,20 @@ def _predictions(model: nn.Module, image: torch.Tensor, taus: Sequence[float], d
     pair = _validate.pair("stride", stride)
     candidates = []
     for tau in sorted(set(taus) | {1.0}, reverse=True):
-        mac_gain = exact_macs / max(analyze(model, shape, patch=patch, stride=stride, tau=tau).incremental_macs, 1e-9)
-        for spec in drilldowns:
-            settings = parse_drilldown(spec)
-            if settings is None and tau == 1.0:
-                continue  # exact itself
-            gain = 1.0
-            if settings is not None:
-                gain = predicted_speedup(coarse_stride(settings, pair), pair, settings.fraction)
-            candidates.append(Candidate(tau, spec, mac_gain * gain))
+        plain = analyze(model, shape, patch=patch, stride=stride, tau=tau).incremental_macs
+        for gates in sorted(set(gate_options)):
+            macs = analyze(model, shape, patch=patch, stride=stride, tau=tau, local_gates=True).incremental_macs
+            macs = macs if gates else plain
+            if gates and macs >= plain:
+                continue  # no gates in this model: nothing to approximate
+            for spec in drilldowns:
+                settings = parse_drilldown(spec)
+                if settings is None and tau == 1.0 and not gates:
+                    continue  # exact itself
+                gain = 1.0
+                if settings is not None:
+                    gain = predicted_speedup(coarse_stride(settings, pair), pair, settings.fraction)
+                candidates.append(Candidate(tau, spec, exact_macs / max(macs, 1e-9) * gain, gates))
     return sorted(candidates, key=lambda c: -c.predicted_speedup)
 
 
@@ -142,6 +150,7 @@ def tune(
     heldout_images: Sequence[torch.Tensor] = (),
     taus: Sequence[float] = DEFAULT_TAUS,
     drilldowns: Sequence[dict[str, Any] | Drilldown | None] = DEFAULT_DRILLDOWNS,
+    local_gates: Sequence[bool] = (False, True),
     target_speedup: float | None = None,
     quantile: float = 0.1,
     fill: Any = 0.0,
@@ -166,7 +175,7 @@ def tune(
     for spec in drilldowns:
         parse_drilldown(spec)  # bad settings fail before any run
     kwargs = {"patch": patch, "stride": stride, "fill": fill, "batch_size": batch_size}
-    candidates = _predictions(model, sample_images[0], taus, drilldowns, patch, stride)
+    candidates = _predictions(model, sample_images[0], taus, drilldowns, patch, stride, local_gates)
     exact = [_run(model, image, None, **kwargs) for image in sample_images]
     targets = [result.target for result, _ in exact]
 
@@ -197,10 +206,10 @@ def tune(
         else:
             met = False
     for t in taus:  # the paper's tau-only curve, for the quadratic fit and `sample_ssim`
-        plain = next((c for c in candidates if c.tau == t and c.drilldown is None), None)
+        plain = next((c for c in candidates if c.tau == t and c.drilldown is None and not c.local_gates), None)
         if plain is not None and t < 1.0:
             measure(plain)
-    sample = {c.tau: c.ssim for c in candidates if c.drilldown is None and c.ssim}
+    sample = {c.tau: c.ssim for c in candidates if c.drilldown is None and not c.local_gates and c.ssim}
     xs = [t for t in sample for _ in sample[t]] + [1.0] * len(sample_images)
     ys = [v for t in sample for v in sample[t]] + [1.0] * len(sample_images)
     fit = np.polynomial.polynomial.polyfit(xs, ys, 2).tolist() if len(set(xs)) > 2 else []
@@ -215,6 +224,7 @@ def tune(
         predicted_speedup=chosen.predicted_speedup if chosen else 1.0,
         target_speedup=target_speedup,
         met=met,
+        local_gates=chosen.local_gates if chosen else False,
     )
     for image in heldout_images:
         if chosen is None:

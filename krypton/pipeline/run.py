@@ -24,7 +24,7 @@ from torch import nn
 
 from krypton.capture import CaptureError
 from krypton.engine.plan import Plan, batches, position_macs
-from krypton.modes.approximate import threshold
+from krypton.modes.approximate import approximation
 from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
 from krypton.modes.occlusions import Collector, Occlusions
 from krypton.pipeline import graphs, guard
@@ -67,6 +67,7 @@ def evaluate(
     levels: np.ndarray | None = None,
     clean: torch.Tensor | None = None,
     on_phase: Callable[[str | None], None] | None = None,
+    local_gates: bool = False,
 ) -> tuple[torch.Tensor, RunStats]:
     """(P, K) outputs for every occlusion and how they were computed.
 
@@ -74,10 +75,12 @@ def evaluate(
     "incremental" insists on the engine (still falling back on failure), "naive" forbids it.
     `levels` (P,) orders the visit (lower first: coarse grid cells); `on_batch(index, outputs)` sees
     partial results; `clean` is the model's output on the clean image, if the caller has it;
-    `on_phase(text)` hears when a slow phase without progress starts (capturing the graph) and ends (None).
+    `on_phase(text)` hears when a slow phase without progress starts (capturing the graph) and ends (None);
+    `local_gates` (approximate mode) keeps squeeze-excitation gates' changes local (see
+    `modes.approximate.local_gates`).
     """
     run = _Run(model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean)
-    run.on_phase = on_phase
+    run.on_phase, run.gates = on_phase, local_gates and mode == "approximate"
     started = time.perf_counter()
     outputs = run.go()
     run.stats.wall_time_s = time.perf_counter() - started
@@ -97,6 +100,7 @@ class _Run:
         self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
         self.incremental_done: list[np.ndarray] = []
         self.on_phase: Callable[[str | None], None] | None = None
+        self.gates = False
 
     def go(self) -> torch.Tensor:
         if self.mode == "naive" or self.path == "naive":
@@ -127,7 +131,7 @@ class _Run:
                 self.on_phase(None)
         self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
         try:
-            plan = plan_for(found.graph, self.occ, threshold(self.tau))
+            plan = plan_for(found.graph, self.occ, approximation(self.tau, self.gates))
         except Exception as exc:  # an op the engine cannot describe (the batch axis moves)
             graphs.remember_failure(self.model, self.occ.image, f"incremental inference cannot run: {exc}")
             return self._fail(f"incremental inference cannot run: {exc}")
@@ -232,7 +236,7 @@ class _Run:
             return True
         index = np.concatenate(self.incremental_done)
         outputs = self.collector.outputs
-        if self.tau >= 1:
+        if self.tau >= 1 and not self.gates:
             with guard.shared(), torch.no_grad():
                 worst = self_check(self.model, self.occ, outputs, among=index)
         else:  # approximations differ from naive by design: check the engine itself on two positions
