@@ -1,0 +1,114 @@
+"""The zoo: many timm and torchvision CNNs through capture, `analyze` and exact vs naive.
+
+Per model (random weights, eval mode; timm `num_classes=10`, torchvision `weights=None`; 3x224x224,
+patch 16, stride 8): capture seconds, ops computed in full, analyze's batched and per-position ratios
+(exact, and approximate with local gates where the model has squeeze-excitation gates), then a fixed
+sample of positions evaluated by `krypton.explain(path="auto")` and naive (the faster of as given and
+channels-last) side by side, with the largest difference relative to the occlusion effect in float32.
+timm is a benchmark-only dependency (`pip install timm==1.0.31`).
+
+    .venv/bin/python benchmarks/zoo.py [--models resnet18 tv:vgg11 ...] [--positions 49]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import krypton  # noqa: E402
+from krypton.modes.naive import run_naive  # noqa: E402
+from krypton.modes.occlusions import grid_occlusions  # noqa: E402
+from krypton.pipeline import graph_for, graphs  # noqa: E402
+
+from _common import channels_last  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+ZOO = (
+    "resnet18 resnext26ts seresnext26ts regnetx_002 regnety_002 efficientnet_b0 tf_efficientnetv2_b0 "
+    "mobilenetv2_050 mobilenetv3_small_050 mobilenetv4_conv_small_050 ghostnet_050 ghostnetv2_100 mnasnet_small "
+    "densenet121 dpn48b dla46_c hrnet_w18_small convnext_atto convnextv2_atto rexnet_100 res2net50_26w_4s "
+    "selecsls42b cs3darknet_s cspresnet50 darknet17 ese_vovnet19b_dw inception_v4 inception_resnet_v2 xception41 "
+    "nf_resnet26 dm_nfnet_f0 repvgg_a0 mobileone_s0 fastvit_t8 tinynet_e lcnet_050 hgnetv2_b0 fbnetc_100 gernet_s "
+    "resnest14d skresnet18 tv:vgg11 tv:alexnet tv:googlenet tv:squeezenet1_1 tv:shufflenet_v2_x1_0 tv:mnasnet0_5 "
+    "tv:regnet_y_400mf tv:efficientnet_v2_s tv:convnext_tiny tv:resnet50 tv:mobilenet_v3_large"
+).split()
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name.startswith("tv:"):
+        import torchvision
+
+        kwargs = {"aux_logits": False, "init_weights": True} if name == "tv:googlenet" else {}
+        return getattr(torchvision.models, name[3:])(weights=None, **kwargs).eval()
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=10).eval()
+
+
+def row(name: str, positions: int) -> str:
+    model = build(name)
+    torch.manual_seed(1)
+    image = torch.randn(3, 224, 224)
+    graphs.clear()
+    started = time.perf_counter()
+    try:
+        graph_for(model, image[None])
+    except Exception as exc:  # noqa: BLE001 - a model the engine cannot capture is a result too
+        return f"| {name} | - | - | - | - | - | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
+    capture_s = time.perf_counter() - started
+    try:
+        exact = krypton.analyze(model, (3, 224, 224), patch=16, stride=8)
+        gates = krypton.analyze(model, (3, 224, 224), patch=16, stride=8, local_gates=True)
+    except Exception as exc:  # noqa: BLE001
+        return f"| {name} | {capture_s:.1f} | - | - | - | - | analyze: {str(exc).splitlines()[0][:60]} | - | - |"
+    full = Counter(op.removeprefix("aten.") for _, op in exact.fallbacks)
+    full_text = ", ".join(f"{op}x{n}" for op, n in full.most_common()) or "none"
+    gate_text = f"{gates.speedup:.2f}" if gates.incremental_macs < exact.incremental_macs else "-"
+    stride = max(8, (224 - 16) // (int(positions**0.5) - 1)) if positions > 1 else 208
+    occ, _ = grid_occlusions(image[None], (16, 16), (stride, stride), torch.zeros(3, 16, 16))
+    cl_model, cl_image = channels_last(model, image[None])
+    cl_occ, _ = grid_occlusions(cl_image, (16, 16), (stride, stride), torch.zeros(3, 16, 16))
+    with torch.no_grad():
+        t = time.perf_counter()
+        naive = run_naive(model, occ, 16)
+        naive_s = time.perf_counter() - t
+        t = time.perf_counter()
+        run_naive(cl_model, cl_occ, 16)
+        naive_cl_s = time.perf_counter() - t
+    t = time.perf_counter()
+    result = krypton.explain(model, image, patch=16, stride=stride)
+    auto_s = time.perf_counter() - t
+    scores = result.scores.reshape(-1, result.scores.shape[-1])
+    effect = float((naive - result.base).abs().max()) + 1e-12
+    diff = float((scores - naive).abs().max()) / effect
+    best = min(naive_s, naive_cl_s)
+    return (f"| {name} | {capture_s:.1f} | {exact.speedup:.2f} | {exact.per_position_speedup:.2f} | {gate_text} | "
+            f"{occ.count} | {full_text} | {best / auto_s:.2f} ({result.stats['path']}) | {diff:.1e} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=list(ZOO))
+    parser.add_argument("--positions", type=int, default=49, help="about this many grid positions are timed")
+    args = parser.parse_args()
+    print("| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
+          "ops computed in full | best naive / auto (path) | max diff / effect |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        try:
+            print(row(name, args.positions), flush=True)
+        except Exception as exc:  # noqa: BLE001 - one broken model must not end the table
+            print(f"| {name} | error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |||||||", flush=True)
+
+
+if __name__ == "__main__":
+    main()
