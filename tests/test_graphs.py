@@ -85,10 +85,10 @@ def test_every_registered_rule_is_exercised():
         model = cls()
         model(torch.randn(shape))
         seen |= {c.target for c in capture(model.eval(), torch.randn(shape)).calls}
-    from test_resample_rules import Pieces  # slices, upsampling, softmax (exactness tested there)
+    from test_resample_rules import Pieces, Strided  # slices, upsampling, softmax, as_strided (tested there)
 
-    for upsample in ("nearest", "linear"):
-        seen |= {c.target for c in capture(Pieces(upsample).eval(), torch.randn(1, 3, 32, 32)).calls}
+    for model in (Pieces("nearest"), Pieces("linear"), Strided()):
+        seen |= {c.target for c in capture(model.eval(), torch.randn(1, 3, 32, 32)).calls}
     missing = [str(op) for op in RULES if op not in seen]
     assert not missing, f"rules without a test graph: {missing}"
 

@@ -66,3 +66,35 @@ def test_upsampling_on_signals_and_volumes(rank, upsample):
     assert result.stats["path"] == "incremental"
     effect = float((naive.scores - naive.base).abs().max())
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5 * max(effect, 1.0))
+
+
+class Strided(nn.Module):
+    """ConvNeXt's channels-last `as_strided` of a pooled tensor (identity) and a real re-striding."""
+
+    def __init__(self, identity_only: bool = False):
+        super().__init__()
+        self.identity_only = identity_only
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6 if identity_only else 6 + 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        pooled = h.mean((2, 3), keepdim=True)
+        n = pooled.shape[0]
+        same = torch.as_strided(pooled, (n, 6, 1, 1), (6, 1, 6, 6)).flatten(1)  # only size-1 strides differ
+        if self.identity_only:
+            return self.fc(same)
+        corner = torch.as_strided(h[:, :1].contiguous(), (n, 4, 4), (1024, 1, 32))  # a 4x4 corner, transposed
+        return self.fc(torch.cat([same, corner.flatten(1)], 1))
+
+
+def test_as_strided_identity_is_precise_and_other_strides_fall_back_to_full_inference():
+    model = condition(Strided(identity_only=True), (1, 3, 32, 32))
+    torch.manual_seed(0)
+    assert_exact(model, torch.randn(1, 3, 32, 32), 8, 4, extra=12)
+    plan = krypton.analyze(model, (3, 32, 32), patch=8, stride=4)
+    assert "aten.as_strided.default" not in [op for _, op in plan.fallbacks]
+    model, image = condition(Strided(), (1, 3, 32, 32)), torch.randn(3, 32, 32)
+    with pytest.warns(RuntimeWarning, match="as_strided"):
+        result = krypton.explain(model, image, patch=8, stride=4, path="incremental")
+    naive = krypton.explain(model, image, patch=8, stride=4, mode="naive")
+    assert result.mode == "naive" and torch.equal(result.scores, naive.scores)

@@ -150,7 +150,7 @@ def _full_like(site: Site, where: Any) -> Any:
 
 # Arguments holding a full output shape whose leading 1 is the batch axis.
 SIZE_ARGS = {"size", "shape"}
-VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
+VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.as_strided.default}
 
 FULL = Rule()
 RULES: dict[Any, Rule] = {}

@@ -295,7 +295,37 @@ class IndexSelect(Rule):
         return torch.gather(inputs, axis + 1, local)
 
 
+class AsStrided(Rule):
+    """`as_strided` that keeps the shape and reads every element where a contiguous tensor has it (only
+    strides of size-1 axes differ: ConvNeXt's channels-last view of a pooled tensor) is the identity.
+    Any other use reads the input's storage in ways no box describes (and views of views share a
+    storage the engine does not keep): the engine refuses it and the run falls back to full inference."""
+
+    name = "as_strided"
+    precise = True
+    exact = True
+
+    def precise_for(self, site: Site) -> bool:
+        src, size, stride = site.shape(site.args["self"]), site.args["size"], site.args["stride"]
+        if tuple(size) != tuple(src) or site.args.get("storage_offset") not in (None, 0):
+            return False
+        contiguous = [int(np.prod(src[a + 1 :])) for a in range(len(src))]
+        return all(n == 1 or s == c for n, s, c in zip(src, stride, contiguous))
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+        box = boxes["self"]
+        if box is None:
+            return None
+        if not self.precise_for(site):
+            raise Unsupported(f"{site.call.name}: as_strided with strides {site.args['stride']} re-reads storage")
+        return Boxes(box.lo.copy(), box.hi.copy())
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+        return frame.assemble(site.args["self"], window.start, tuple(window.size))
+
+
 register(operator.getitem, GetItem())
+register(aten.as_strided.default, AsStrided())
 register(aten.index.Tensor, IndexSelect())
 register(aten.permute.default, Permute())
 register(
