@@ -280,3 +280,16 @@ def test_self_check_tolerance_follows_the_models_own_sensitivity():
         broken = exact.clone()
         broken[[0, -1]] += 1000 * wobble + 1.0  # far beyond it: a real mismatch
         assert self_check(model, occ, broken) is not None
+
+
+def test_small_run_tries_a_few_positions_before_choosing():
+    model, image = cnn(width=64), torch.randn(3, 48, 48)  # ~0.1 GMACs/position: naive batches stay at 16
+    graph_for(model, image[None])  # a graph at hand, but only one batch of positions: no calibration
+    result = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
+    naive = krypton.explain(model, image, patch=24, stride=4, mode="naive")
+    assert result.stats["reason"].startswith("trial: incremental"), result.stats["reason"]
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+    tiny, small_image = cnn(), torch.randn(3, 16, 16)
+    graph_for(tiny, small_image[None])
+    quick = krypton.explain(tiny, small_image, patch=8, stride=4)  # one naive batch answers everything
+    assert quick.stats["reason"] == "a small run: the timed naive batch covered every position"

@@ -35,6 +35,7 @@ PATHS = ("auto", "incremental", "naive")
 MIN_GAIN = 1.15  # below this predicted MAC saving, incremental inference cannot beat full inference
 CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measured naive time
 NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
+TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
 
 
 def naive_is_enough(model: nn.Module, image: torch.Tensor, naive_seconds: float, path: str = "auto") -> str | None:
@@ -153,6 +154,10 @@ class _Run:
                 base, groups = self._calibrate(graph, plan, size, groups, limit)
                 if groups is None:
                     return self._finish(checked=True)
+            elif self.path == "auto" and limit < CALIBRATE_BELOW:
+                base, groups = self._trial(graph, plan, size, limit)
+                if groups is None:
+                    return self._finish(checked=True)
             if groups:
                 self._incremental(graph, plan, size, groups, base)
         except Exception as exc:  # a rule that cannot run on this batch: answer anyway, in full
@@ -189,6 +194,33 @@ class _Run:
                 f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms"
             )
         return base, rest
+
+    def _trial(self, graph, plan, size, limit):
+        """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
+        and all (fixed costs count in a small run), against naive's time per position; None: naive wins."""
+        from krypton.engine.materialize import materialize
+
+        if self.naive.seconds_per_position is None:
+            self._naive_batches(1)
+        remaining = self._remaining()
+        if not len(remaining):
+            self.stats.reason = "a small run: the timed naive batch covered every position"
+            return None, None
+        trial = np.sort(remaining[:TRIAL_POSITIONS])
+        started = time.perf_counter()
+        base = materialize(graph, self.occ.image)
+        self._incremental(graph, plan, size, [trial], base)
+        per_position = (time.perf_counter() - started) / len(trial)
+        naive = self.naive.seconds_per_position
+        verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
+        verdict += f"{naive * 1e3:.3g} ms" if naive is not None else "(untimed)"
+        self.stats.reason = verdict
+        if naive is not None and per_position > naive:
+            self.stats.reason += f" (plan predicted {limit:.2f}x at best): naive finishes the run"
+            self._check_incremental()
+            self.naive.run(self._remaining())
+            return base, None
+        return base, self._groups(plan, size)
 
     def _incremental(self, graph, plan, size, groups, base) -> None:
         result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, base=base)
