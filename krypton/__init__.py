@@ -6,13 +6,41 @@ and `engine.incremental` (clean pass, batched incremental pass) → `modes` (nai
 `explanation` (results) → `api` (explain, analyze).
 """
 
-from krypton.api import Analysis, analyze, explain
-from krypton.explanation import Explanation
-from krypton.modes.approximate import Drilldown
-from krypton.modes.progressive import Update
-from krypton.modes.quality import ssim
-from krypton.modes.tune import TuneResult, drilldown_for, tune
-from krypton.scale import explain_many
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public names, imported on first use: `krypton --help` and `import krypton.cli` stay free of torch.
+_EXPORTS = {
+    "Analysis": "krypton.api",
+    "analyze": "krypton.api",
+    "explain": "krypton.api",
+    "Explanation": "krypton.explanation",
+    "Drilldown": "krypton.modes.approximate",
+    "Update": "krypton.modes.progressive",
+    "ssim": "krypton.modes.quality",
+    "TuneResult": "krypton.modes.tune",
+    "drilldown_for": "krypton.modes.tune",
+    "tune": "krypton.modes.tune",
+    "explain_many": "krypton.scale",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        try:  # a subpackage not imported yet (krypton.outputs, krypton.io, ...)
+            return importlib.import_module(f"krypton.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'krypton' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "Analysis",

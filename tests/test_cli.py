@@ -349,3 +349,14 @@ def test_volume_errors_are_one_line(capsys, tmp_path, ct, face, argv, fragments)
     code, _, err = run(capsys, "explain", *inputs, "--model", "monai:resnet10", "--weights", "random", *options,
                        "--out", str(tmp_path))  # fmt: skip
     assert_one_line_error(code, err, *fragments)
+
+
+def test_help_loads_no_torch():
+    """`krypton --help` answers at once: building the parser imports neither torch nor the engine."""
+    code = (
+        "import sys, krypton.cli; krypton.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'krypton.api') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

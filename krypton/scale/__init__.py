@@ -6,10 +6,32 @@ a cluster is asked for. Modules: `spec` (what travels to workers), `inputs` (whi
 per-image files and the manifest), `progress`, `run` (the driver), `cli_batch` (`krypton batch`).
 """
 
-from krypton.scale.cluster import ClusterError
-from krypton.scale.inputs import InputError, Item, expand
-from krypton.scale.run import BatchSummary, WorkerLoadError, explain_many
-from krypton.scale.spec import ModelSpec, Settings
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported on first use, so that `krypton batch --help` (via `krypton.scale.cli_batch`) loads no torch.
+_EXPORTS = {
+    "ClusterError": "krypton.scale.cluster",
+    "InputError": "krypton.scale.inputs",
+    "Item": "krypton.scale.inputs",
+    "expand": "krypton.scale.inputs",
+    "BatchSummary": "krypton.scale.run",
+    "WorkerLoadError": "krypton.scale.run",
+    "explain_many": "krypton.scale.run",
+    "ModelSpec": "krypton.scale.spec",
+    "Settings": "krypton.scale.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'krypton.scale' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BatchSummary",
