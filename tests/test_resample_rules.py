@@ -98,3 +98,25 @@ def test_as_strided_identity_is_precise_and_other_strides_fall_back_to_full_infe
         result = krypton.explain(model, image, patch=8, stride=4, path="incremental")
     naive = krypton.explain(model, image, patch=8, stride=4, mode="naive")
     assert result.mode == "naive" and torch.equal(result.scores, naive.scores)
+
+
+class Shuffle(nn.Module):
+    """pixel_shuffle and pixel_unshuffle (they export as views and permutes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(32, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.pixel_shuffle(torch.relu(self.c1(x)), 2)
+        h = F.pixel_unshuffle(torch.relu(self.c2(h)), 2)
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+
+def test_pixel_shuffle_and_unshuffle_are_exact_and_precise():
+    model = condition(Shuffle(), (1, 3, 16, 16))
+    torch.manual_seed(0)
+    assert_exact(model, torch.randn(1, 3, 16, 16), 4, 2, extra=12)
+    plan = krypton.analyze(model, (3, 16, 16), patch=4, stride=2)
+    assert [op for _, op in plan.fallbacks] == ["aten.addmm.default"] and plan.speedup > 2
