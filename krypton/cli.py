@@ -121,6 +121,16 @@ def _drilldown(text: str) -> bool | dict[str, Any]:
     return spec
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number between 1 and 65535, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -209,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="approximate mode: also run exact mode and report the map's SSIM against it (otherwise the "
         "approximate map is labelled 'quality not verified')",
     )
+    explain.add_argument(
+        "--animate",
+        action="store_true",
+        help="also write NAME-MODE.gif: the patch sliding over the image while the heat map fills in",
+    )
     explain.add_argument("--out", default="krypton-out", metavar="DIR", help="output folder (default: krypton-out)")
     explain.add_argument(
         "--style",
@@ -273,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Listens on 127.0.0.1 only unless --host says otherwise.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
-    serve.add_argument("--port", type=_positive, default=8000, help="port (default: 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port, 1-65535 (default: 8000)")
     serve.add_argument("--workers", type=_positive, default=1, metavar="N", help="explanations at once (default: 1)")
     from krypton.scale.cli_batch import add_parser as add_batch_parser
 
@@ -502,6 +517,8 @@ def run_explain(args: argparse.Namespace) -> int:
         meta = {"model": loaded.name, "image": name, "preprocess": pre.describe(), "picture": str(picture)}
         save_raw(result, out / stem, class_names=loaded.class_names, meta=meta)
         print(_summary_line(name, result, loaded, picture))
+        if args.animate:
+            print(f"animation: {result.animate(out / f'{stem}.gif', shown, scale=args.scale)}")
         if result.stats.get("quality"):
             print(f"note: approximate map, quality {result.stats['quality']}"
                   + (" (add --compare-exact to measure it)" if "not verified" in result.stats["quality"] else ""))

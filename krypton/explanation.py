@@ -76,6 +76,13 @@ class Explanation:
 
         return save(self, path, image, **kwargs)
 
+    def animate(self, path: Any, image: Any = None, **kwargs: Any) -> Any:
+        """Write the sweep (the patch sliding over the image while the map fills in) as a GIF or MP4;
+        see `krypton.outputs.animation.animate`."""
+        from krypton.outputs.animation import animate
+
+        return animate(self, path, image, **kwargs)
+
     def _repr_png_(self) -> bytes:
         """Notebook display."""
         from krypton.outputs.render import png_bytes

@@ -360,3 +360,16 @@ def test_help_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_serve_rejects_bad_and_busy_ports_in_one_line(capsys):
+    import socket
+
+    code, _, err = run(capsys, "serve", "--port", "99999")
+    assert_one_line_error(code, err, "--port: expected a port number between 1 and 65535")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run(capsys, "serve", "--port", str(port))
+    assert_one_line_error(code, err, f"cannot listen on 127.0.0.1:{port}: already in use", "--port")

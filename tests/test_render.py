@@ -124,3 +124,18 @@ def test_tiny_effects_stay_pale_under_the_auto_scale(result):
     tiny.scores[0, 0, tiny.target] -= 0.004  # one position barely lowers the target
     assert 0 < float(np.abs(drop_map(tiny)).max()) < 0.01
     assert colour_limit(tiny) >= 0.05
+
+
+def test_animation_writes_a_gif_of_the_sweep(result, tmp_path):
+    result, image = result
+    path = result.animate(tmp_path / "sweep.gif", image, frames=10, fps=10)
+    gif = Image.open(path)
+    assert gif.format == "GIF" and gif.n_frames >= 10
+    gif.seek(0)
+    first = np.asarray(gif.convert("RGB"), dtype=float)
+    gif.seek(gif.n_frames - 1)
+    last = np.asarray(gif.convert("RGB"), dtype=float)
+    half = first.shape[1] // 2
+    assert np.abs(last[:, half:] - first[:, half:]).mean() > 1  # the heat map filled in on the right
+    with pytest.raises(ValueError, match="use .gif"):
+        result.animate(tmp_path / "sweep.avi")

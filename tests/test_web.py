@@ -440,7 +440,7 @@ def test_cancel_running_and_queued_jobs():
         running = client.post("/api/jobs", json=body).json()["id"]
         _wait(client, running, "running")
         waiting = client.post("/api/jobs", json=body).json()
-        assert waiting["state"] == "queued" and waiting["ahead"] == 0
+        assert waiting["state"] == "queued" and waiting["ahead"] == 1  # the running job is ahead of it
         full = client.post("/api/jobs", json=body)
         assert full.status_code == 429 and "already waiting" in full.json()["detail"]
         assert client.post(f"/api/jobs/{waiting['id']}/cancel").json()["state"] == "cancelled"
@@ -497,6 +497,9 @@ BAD_JOBS = [
     ({"path": "/etc/passwd"}, 422, "path: Extra inputs are not permitted"),
     ({"image_id": "0123456789abcdef"}, 404, "unknown image id"),
     ({"image_id": "../../etc/passwd"}, 422, "image_id"),
+    ({"patch": True}, 422, "patch: Input should be a valid integer"),  # booleans are not numbers
+    ({"compare": 1, "mode": "approximate"}, 422, "compare: Input should be a valid boolean"),
+    ({"stride": "4"}, 422, "stride"),
 ]
 
 
@@ -521,7 +524,7 @@ def test_bad_requests_everywhere(client):
             "/api/images/demo",
             {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
             422,
-            "JSON",
+            "the request body is not valid JSON",
         ),
         ("post", "/api/images/demo", {"json": {"demo": "tiny", "path": "/etc/passwd"}}, 422, "Extra inputs"),
         (
@@ -571,3 +574,25 @@ def test_fill_colour_in_model_units():
     assert fill_values(loaded, None) == pytest.approx([0.00392] * 3, abs=1e-4)  # default: the mean colour
     gray = LoadedModel(NET, "gray", Preprocess((SIZE, SIZE), 1, mean=(0.5,), std=(0.25,)))
     assert fill_values(gray, [255, 255, 255]) == pytest.approx([2.0])
+
+
+def test_queue_counts_running_jobs_of_other_tabs_and_abandoned_jobs_are_cancelled():
+    import threading
+
+    from krypton.web.app import _cancel_if_abandoned
+    from krypton.web.jobs import JobQueue
+
+    release = threading.Event()
+    queue = JobQueue(lambda job: (release.wait(30), {})[1], workers=1, max_waiting=4)
+    running = queue.submit({})
+    deadline = time.time() + 10
+    while running.state != "running" and time.time() < deadline:
+        time.sleep(0.01)
+    waiting = queue.submit({})
+    assert queue.ahead(waiting) == 1  # another tab's running job is ahead of it
+    _cancel_if_abandoned(queue, waiting)  # its page went away and nobody follows it
+    assert waiting.state == "cancelled"
+    running.listeners = 1
+    _cancel_if_abandoned(queue, running)  # somebody still follows this one
+    assert not running.cancel_event.is_set()
+    release.set()

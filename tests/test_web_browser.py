@@ -171,3 +171,84 @@ def test_explain_region_and_brush_in_chromium(server, browser):
         page.screenshot(path=os.environ["KRYPTON_SCREENSHOT"], full_page=True)
     assert not errors, errors
     page.close()
+
+
+def _page(server, browser, query: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 940})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server + query)
+    page.wait_for_function("() => document.body.dataset.image", timeout=120_000)
+    return page, errors
+
+
+SETTLED = """() => {
+  const s = window.krypton;
+  if (!s.picture || document.getElementById('status').textContent.startsWith('Loading')) return false;
+  return document.body.dataset.image === s.picture.id;
+}"""
+
+
+def test_rapid_menu_switching_ends_with_one_consistent_picture(server, browser):
+    page, errors = _page(server, browser, "/?demo=xray")
+    page.focus("#image")
+    for _ in range(5):  # arrow keys through the bundled X-rays: replies may arrive out of order
+        page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(300)
+    page.wait_for_function(SETTLED, timeout=120_000)
+    page.wait_for_timeout(1500)  # any late reply would land now
+    chosen = page.evaluate("document.getElementById('image').selectedOptions[0].textContent")
+    picture = page.evaluate("window.krypton.picture")
+    assert chosen.split(" [")[0] == picture["name"] and page.evaluate("document.getElementById('demo').value") == "xray"
+    assert page.evaluate("document.body.dataset.image") == picture["id"]
+    top = picture["top"][0]["label"]
+    assert page.inner_text("#prediction").splitlines()[0].startswith(top)
+    page.select_option("#demo", "faces")  # switch models and back before the first reply
+    page.select_option("#demo", "mri")
+    page.select_option("#demo", "faces")
+    page.wait_for_function(SETTLED, timeout=120_000)
+    page.wait_for_timeout(3000)
+    menu = page.evaluate("document.getElementById('demo').value")
+    assert page.evaluate("window.krypton.picture.demo") == "faces" == menu
+    assert "happy" in page.inner_text("#prediction")
+    assert not errors, errors
+    page.close()
+
+
+def test_one_job_per_click_refused_upload_compare_labels_and_play(server, browser):
+    page, errors = _page(server, browser, "/?demo=faces&patch=16&stride=8&mode=approximate")
+    page.check("input[name=tool][value=brush]")  # brushing while the first estimate runs: no internal error
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.5 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=6)
+    page.mouse.up()
+    page.wait_for_function("() => Number(document.body.dataset.brushPixels) > 0", timeout=60_000)
+    assert "internal error" not in page.inner_text("#error")
+    page.click("#clear-brush")
+
+    page.check("#compare")
+    before = page.evaluate("document.body.dataset.jobId || ''")
+    page.evaluate("for (let i = 0; i < 6; i++) document.getElementById('run').click()")  # impatient clicks
+    assert page.is_disabled("#run")
+    page.wait_for_function(
+        f"(b) => document.body.dataset.jobId && document.body.dataset.jobId !== b && {FINISHED}",
+        arg=before, timeout=120_000,
+    )  # fmt: skip
+    assert len(page.locator("#jobs li").all()) == 1 and not page.is_disabled("#run")
+    for phase in ("approximate", "exact"):  # both maps can be downloaded, each named
+        href = page.get_attribute(f"#dl-png-{phase}", "href")
+        assert href and href.endswith(f"phase={phase}")
+    assert "map" in page.inner_text("#heat-label") and " than exact" in page.inner_text("#ssim")
+
+    page.click("#play")
+    job = page.evaluate("document.body.dataset.jobId")
+    page.wait_for_function("(id) => document.body.dataset.played === id", arg=job, timeout=60_000)
+
+    picture = page.evaluate("window.krypton.picture.id")
+    page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
+    page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=30_000)
+    assert not page.is_disabled("#run") and "Upload refused" in page.inner_text("#status")
+    assert page.evaluate("window.krypton.picture.id") == picture  # the page still shows, and explains, the old one
+    assert not errors, errors
+    page.close()

@@ -150,8 +150,8 @@ def parse_drilldown(value: Any) -> Drilldown | None:
             raise ValueError(f"drilldown speedup must be > 1, got {result.speedup!r}")
         if result.fraction * result.speedup >= 1:
             raise ValueError(
-                f"drilldown speedup {result.speedup} is unreachable with fraction {result.fraction}: "
-                "need fraction * speedup < 1 (Eq. 30)"
+                f"drilldown speedup {result.speedup} is unreachable with fraction {result.fraction}: computing "
+                "that share in detail already costs more; need fraction x speedup < 1 (lower one of them)"
             )
     return result
 

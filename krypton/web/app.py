@@ -47,7 +47,9 @@ class NotReady(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields refused, no type coercion (`true` is not the number 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Colour = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
@@ -220,16 +222,22 @@ def create_app(
 
         async def stream():  # noqa: ANN202
             last = None
-            while True:
-                snap = job.snapshot(jobs.ahead(job))
-                key = (snap["version"], snap["ahead"])
-                if key != last:
-                    last = key
-                    kind = "end" if snap["state"] in TERMINAL else "update"
-                    yield f"event: {kind}\ndata: {json.dumps(snap)}\n\n"
-                if snap["state"] in TERMINAL or await request.is_disconnected():
-                    return
-                await asyncio.sleep(0.2)
+            job.listeners += 1
+            try:
+                while True:
+                    snap = job.snapshot(jobs.ahead(job))
+                    key = (snap["version"], snap["ahead"])
+                    if key != last:
+                        last = key
+                        kind = "end" if snap["state"] in TERMINAL else "update"
+                        yield f"event: {kind}\ndata: {json.dumps(snap)}\n\n"
+                    if snap["state"] in TERMINAL or await request.is_disconnected():
+                        return
+                    await asyncio.sleep(0.2)
+            finally:
+                job.listeners -= 1
+                # the tab went away (closed, reloaded): its job would hold a worker for nobody
+                asyncio.get_running_loop().call_later(ABANDONED_S, _cancel_if_abandoned, jobs, job)
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -253,6 +261,14 @@ def create_app(
     return app
 
 
+ABANDONED_S = 5.0  # a job nobody has followed for this long after its page left is cancelled
+
+
+def _cancel_if_abandoned(jobs: JobQueue, job: Any) -> None:
+    if job.listeners == 0 and job.state not in TERMINAL:
+        jobs.cancel(job.id)
+
+
 def _errors(app: FastAPI) -> None:
     def reply(status: int, message: str) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status)
@@ -261,6 +277,9 @@ def _errors(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for error in exc.errors():
+            if error.get("type") == "json_invalid":
+                reason = error.get("ctx", {}).get("error", "parse error")
+                return reply(422, f"the request body is not valid JSON ({reason})")
             loc = list(error.get("loc", ()))
             if loc and loc[0] in ("body", "query", "path", "header"):
                 loc = loc[1:]

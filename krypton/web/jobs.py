@@ -85,6 +85,7 @@ class Job:
     artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. Explanations for downloads
     info: dict[str, Any] = field(default_factory=dict)  # shown from the start (estimates, probability)
     version: int = 0
+    listeners: int = 0  # open event streams (pages following this job)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -171,8 +172,12 @@ class JobQueue:
             return self._jobs[job_id]
 
     def ahead(self, job: Job) -> int:
+        """Jobs that run before this one: those waiting in front of it and those running now (any tab's)."""
         with self._lock:
-            return self._waiting.index(job.id) if job.id in self._waiting else 0
+            if job.id not in self._waiting:
+                return 0
+            running = sum(1 for j in self._jobs.values() if j.state == "running")
+            return self._waiting.index(job.id) + running
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)

@@ -78,8 +78,11 @@ def _pillow(data: bytes, max_pixels: int) -> np.ndarray:
             return pixels_from_pil(img)
     except UploadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"image too large: {exc}", 413) from None
+    except Image.DecompressionBombError:
+        raise UploadError(
+            f"image too large: more than {max_pixels:,} pixels; shrink it (e.g. to 2048 px on its long side) first",
+            413,
+        ) from None
     except UnidentifiedImageError:
         raise UploadError("not an image: upload a PNG, JPEG, GIF, BMP, TIFF, WebP or DICOM file", 415) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt files

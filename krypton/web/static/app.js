@@ -7,7 +7,7 @@ const STAGE = 448;
 const SMALL = 260;
 const params = new URLSearchParams(location.search);
 const state = { demos: [], picture: null, img: null, scale: 1, region: null, mask: null, job: null, source: null,
-                estimateSeq: 0, first: true, results: {}, log: [] };
+                estimateSeq: 0, pictureSeq: 0, first: true, results: {}, log: [], busy: false, uploaded: null };
 window.krypton = state;  // for tests and curious users
 
 async function api(path, options = {}) {
@@ -61,9 +61,26 @@ async function init() {
   await chooseDemo(params.has("image") ? Number(params.get("image")) : null);
 }
 
+function imageOptions(demo) {
+  return demo.images.map((im) => new Option(im.name + (im.label ? ` [${im.label}]` : ""), im.index));
+}
+
+// Menus always name the picture on screen: after a refused or superseded request they are put back.
+function syncMenus() {
+  const picture = state.picture;
+  if (!picture) return;
+  const demo = state.demos.find((d) => d.name === picture.demo);
+  $("demo").value = picture.demo;
+  const options = imageOptions(demo);
+  if (picture.uploaded) options.push(new Option(`uploaded: ${picture.name}`, "uploaded"));
+  $("image").replaceChildren(...options);
+  const bundled = demo.images.find((im) => im.name === picture.name);
+  $("image").value = picture.uploaded ? "uploaded" : String(bundled ? bundled.index : demo.default_image);
+}
+
 async function chooseDemo(index) {
   const demo = state.demos.find((d) => d.name === $("demo").value);
-  $("image").replaceChildren(...demo.images.map((im) => new Option(im.name + (im.label ? ` [${im.label}]` : ""), im.index)));
+  $("image").replaceChildren(...imageOptions(demo));
   $("image").value = String(index != null && index < demo.images.length ? index : demo.default_image);
   $("model-info").textContent = demo.title;
   $("patch").value = state.first && params.has("patch") ? params.get("patch") : demo.patch;
@@ -73,16 +90,32 @@ async function chooseDemo(index) {
 
 async function upload(file) {
   const headers = { "Content-Type": file.type || "application/octet-stream" };
-  await loadPicture(() => api(`/api/images/upload?demo=${encodeURIComponent($("demo").value)}`,
-                              { method: "POST", headers, body: file }));
+  await loadPicture(async () => {
+    const picture = await api(`/api/images/upload?demo=${encodeURIComponent($("demo").value)}`,
+                              { method: "POST", headers, body: file });
+    return { ...picture, name: file.name || picture.name, uploaded: true };
+  }, "Upload refused");
 }
 
-async function loadPicture(request) {
+async function loadPicture(request, failure = "Could not load the image") {
+  const seq = ++state.pictureSeq;  // only the newest choice may change the page
   showError(null);
   $("status").textContent = "Loading the model and image…";
   $("run").disabled = true;
   let picture;
-  try { picture = await request(); } catch (error) { showError(error); $("status").textContent = ""; return; }
+  try { picture = await request(); } catch (error) {
+    if (seq !== state.pictureSeq) return;
+    syncMenus();  // the menus go back to the picture still shown
+    $("run").disabled = !state.picture || state.busy;
+    $("status").textContent = state.picture ? `${failure}; still showing ${state.picture.name}.` : `${failure}.`;
+    showError(error);
+    return;
+  }
+  if (seq !== state.pictureSeq) return;  // a newer choice was made meanwhile: this reply is stale
+  const img = new Image();
+  img.src = `/api/images/${picture.id}/image.png`;
+  try { await img.decode(); } catch (error) { if (seq === state.pictureSeq) showError(error); return; }
+  if (seq !== state.pictureSeq) return;
   state.picture = picture;
   state.first = false;
   state.region = null;
@@ -94,9 +127,7 @@ async function loadPicture(request) {
   const order = picture.probabilities.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
   $("target").replaceChildren(new Option(`top class (${picture.top[0].label})`, ""),
     ...order.map(([p, i]) => new Option(`${picture.classes[i]} — ${p.toFixed(3)}`, i)));
-  const img = new Image();
-  img.src = `/api/images/${picture.id}/image.png`;
-  await img.decode();
+  syncMenus();
   state.img = img;
   state.scale = STAGE / Math.max(picture.width, picture.height);
   for (const id of ["image-canvas", "heat", "draw"]) Draw.size($(id), picture.width, picture.height, state.scale);
@@ -109,9 +140,10 @@ async function loadPicture(request) {
   $("brush-result").hidden = true;
   $("compare-panel").hidden = true;
   $("downloads").hidden = true;
-  for (const td of document.querySelectorAll("#estimates .act, #estimates .spd")) td.textContent = "–";
+  clearResults();
+  $("legend-range").textContent = "";
   redrawOverlay();
-  $("run").disabled = false;
+  $("run").disabled = state.busy;
   $("status").textContent = "Ready: set the occlusion and press Explain.";
   document.body.dataset.image = picture.id;
   estimate();
@@ -129,9 +161,51 @@ function settings() {
   return body;
 }
 
+// Results that belong to other settings or another picture must not stay on screen.
+// The occlusion sweep replayed: the patch (drawn on the overlay) moves row by row, the cells fill in.
+function playSweep() {
+  const snap = state.lastSnap;
+  if (!snap || state.playing) return;
+  const map = snap.maps[snap.phase];
+  const info = snap.info;
+  const [, w] = map.grid;
+  const total = map.heat.length;
+  const steps = Math.min(total, 120);
+  const range = Draw.limit([map], info.probability);
+  state.playing = true;
+  $("play").disabled = true;
+  let frame = 0;
+  const tick = () => {
+    if (!state.lastSnap || state.lastSnap.id !== snap.id) { state.playing = false; $("play").disabled = false; return; }
+    const k = Math.max(1, Math.round(((frame + 1) / steps) * total));
+    const partial = { ...map, heat: map.heat.map((v, i) => (i < k ? v : info.probability)), computed: "1".repeat(total) };
+    Draw.heat($("heat"), partial, info.probability, state.scale, info.patch, info.stride, range);
+    const i = Math.floor((k - 1) / w), j = (k - 1) % w;
+    redrawOverlay({ x: map.origin[1] + j * info.stride, y: map.origin[0] + i * info.stride,
+                    width: info.patch, height: info.patch });
+    frame += 1;
+    if (frame < steps) { setTimeout(tick, 50); return; }
+    state.playing = false;
+    $("play").disabled = false;
+    redrawOverlay();
+    document.body.dataset.played = snap.id;
+  };
+  tick();
+}
+
+function clearResults() {
+  state.lastSnap = null;
+  $("play").hidden = true;
+  for (const td of document.querySelectorAll("#estimates .act, #estimates .spd")) td.textContent = "–";
+  $("downloads").hidden = true;
+  $("ssim").textContent = "";
+  $("compare-panel").hidden = true;
+}
+
 let estimateTimer = null;
 function estimate() {
   clearTimeout(estimateTimer);
+  for (const td of document.querySelectorAll("#estimates .act, #estimates .spd")) td.textContent = "–";
   estimateTimer = setTimeout(runEstimate, 250);
 }
 
@@ -173,13 +247,21 @@ function syncMode() {
 }
 
 // --- running a job -----------------------------------------------------------------------------------------
+function setBusy(busy) {
+  state.busy = busy;
+  $("run").disabled = busy || !state.picture;
+}
+
 async function run() {
+  if (state.busy || !state.picture) return;  // one job per click: Explain is off while this tab's job runs
+  setBusy(true);
   showError(null);
+  clearResults();
   const m = mode();
   const body = { ...settings(), mode: m, fill: rgb(), target: $("target").value === "" ? null : Number($("target").value) };
   if (m === "approximate" && $("compare").checked) body.compare = true;
   let snap;
-  try { snap = await post("/api/jobs", body); } catch (error) { showError(error); return; }
+  try { snap = await post("/api/jobs", body); } catch (error) { showError(error); setBusy(false); return; }
   const item = document.createElement("li");
   item.id = `job-${snap.id}`;
   item.dataset.id = snap.id;
@@ -211,6 +293,8 @@ function show(snap) {
   $("legend-range").textContent = `±${range.toFixed(3)} in P(${info.target_label})`;
   const main = snap.maps[snap.phase];
   if (main) Draw.heat($("heat"), main, job.p, state.scale, job.patch, job.stride, range);
+  $("heat-label").textContent = main ? `Large view: the ${snap.phase} map (patch ${info.patch}, stride ${info.stride}).`
+    + (snap.state === "running" ? " Pale cells are estimated from computed neighbours until their turn." : "") : "";
   const compare = info.phases.length > 1;
   $("compare-panel").hidden = !compare;
   if (compare) {
@@ -221,13 +305,16 @@ function show(snap) {
     }
   }
   const running = snap.state === "running" || snap.state === "queued";
-  $("cancel").disabled = !running;
+  const mine = state.job && snap.id === state.job.id;
+  $("cancel").disabled = !(running && mine);
+  if (mine && !running) setBusy(false);
   document.body.dataset.jobState = snap.state;
   document.body.dataset.jobId = snap.id;
   const item = $(`job-${snap.id}`);
   if (item) item.textContent = `${info.mode}${compare ? " + exact" : ""}, patch ${info.patch}, stride ${info.stride}: ${snap.state}`;
   if (snap.state === "queued") {
-    $("status").textContent = `Queued: ${snap.ahead} job(s) ahead of this one.`;
+    $("status").textContent = snap.ahead ? `Queued: ${snap.ahead} job(s) run before this one (other tabs' included).`
+      : "Queued: starting…";
     $("progress").value = 0;
   } else if (snap.state === "running" && main) {
     $("progress").value = main.total ? main.done / main.total : 0;
@@ -244,6 +331,8 @@ function show(snap) {
 
 function finished(snap) {
   const result = snap.result;
+  state.lastSnap = snap;
+  $("play").hidden = !snap.maps[snap.phase];
   $("progress").value = 1;
   const parts = [];
   for (const [phase, r] of Object.entries(result.phases)) {
@@ -254,17 +343,31 @@ function finished(snap) {
     row.querySelector(".spd").title = `theoretical (MACs): ${(r.stats.theoretical_speedup || 1).toFixed(2)}x`;
     parts.push(`${phase} ${seconds(r.wall_time_s)}`);
   }
-  let text = `Done: ${parts.join(", ")} for ${result.target_label}.`;
+  const info = snap.info;
+  let text = `Done: ${parts.join(", ")} for ${result.target_label} (patch ${info.patch}, stride ${info.stride}).`;
   if (result.ssim != null) {
-    $("ssim").textContent = `SSIM ${result.ssim.toFixed(3)} · approximate ${result.approximate_speedup_vs_exact.toFixed(2)}x faster`;
+    const ratio = result.approximate_speedup_vs_exact;
+    const speed = ratio >= 1 ? `${ratio.toFixed(2)}x faster` : `${(1 / ratio).toFixed(2)}x slower`;
+    $("ssim").textContent = `SSIM ${result.ssim.toFixed(3)} · approximate ${speed} than exact`;
     text += ` SSIM ${result.ssim.toFixed(3)}.`;
   } else if (result.phases.approximate) {
     // an approximate map nobody compared with exact: say so, it must not pass for an exact one
     text += " Approximate map: quality not verified (tick the comparison with exact to measure it).";
   }
   $("status").textContent = text;
-  const first = Object.keys(result.phases)[0];
-  for (const ext of ["png", "json", "npz"]) $(`dl-${ext}`).href = `/api/jobs/${snap.id}/result.${ext}?phase=${first}`;
+  const phases = Object.keys(result.phases);
+  $("downloads").replaceChildren("Download: ", ...phases.flatMap((phase, i) => {
+    const links = ["png", "json", "npz"].map((ext) => {
+      const a = document.createElement("a");
+      a.id = phases.length > 1 ? `dl-${ext}-${phase}` : `dl-${ext}`;
+      a.href = `/api/jobs/${snap.id}/result.${ext}?phase=${phase}`;
+      a.download = "";
+      a.textContent = ext === "npz" ? "raw NPZ" : ext === "json" ? "raw JSON" : "PNG";
+      return a;
+    });
+    const label = phases.length > 1 ? [`${i ? " · " : ""}${phase}: `] : [];
+    return [...label, ...links.flatMap((a, k) => (k ? [" · ", a] : [a]))];
+  }));
   $("downloads").hidden = false;
 }
 
@@ -372,10 +475,16 @@ function wire() {
   $("fill").addEventListener("input", () => { redrawOverlay(); if (state.mask && state.mask.some((v) => v)) predictBrush(); });
   $("run").addEventListener("click", run);
   $("cancel").addEventListener("click", cancel);
+  $("play").addEventListener("click", playSweep);
   $("opacity").addEventListener("input", () => {
     for (const id of ["heat", "cmp-heat-a", "cmp-heat-b"]) $(id).style.opacity = $("opacity").value;
   });
-  $("clear-region").addEventListener("click", () => { state.region = null; redrawOverlay(); syncMode(); estimate(); });
+  $("clear-region").addEventListener("click", () => {
+    const hadRegion = state.region != null;
+    state.region = null;
+    if (hadRegion) { Draw.clear($("heat")); clearResults(); }  // a region's map does not describe the whole image
+    redrawOverlay(); syncMode(); estimate();
+  });
   $("clear-brush").addEventListener("click", () => {
     if (state.mask) state.mask.fill(0);
     $("brush-result").hidden = true;
