@@ -187,15 +187,19 @@ def test_guard_is_exclusive():
     assert events == ["capture start", "capture end", "call"]
 
 
-def test_fastest_naive_tries_channels_last_on_a_copy(monkeypatch):
+def test_fastest_naive_feeds_channels_last_and_compares_layouts_in_long_runs(monkeypatch):
     monkeypatch.setattr(fastest_naive, "LAYOUT_TRIAL_S", 0.0)
     model, image = cnn(width=16), torch.randn(1, 3, 20, 20)
     occ, _ = grid_occlusions(image, (4, 4), (1, 1), torch.zeros(3, 4, 4))
     collector = Collector(occ.count)
     runner = fastest_naive.FastestNaive(model, occ, collector, batch_size=8)
+    assert runner.layout == "channels_last"  # a 2-D conv model on the CPU starts with channels-last inputs
+    seen = []
+    original = fastest_naive.guard.call
+    monkeypatch.setattr(fastest_naive.guard, "call", lambda m, x: (seen.append(x.is_contiguous()), original(m, x))[1])
     runner.run(np.arange(occ.count))
     assert runner.layout in ("channels_last", "contiguous") and collector.done.all()
-    assert runner._trial_batches == 2  # the copy was timed
+    assert runner._trial_batches == 2 and True in seen and False in seen  # both layouts were timed
     assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched
     with torch.no_grad():
         want = model(occ.materialize(np.arange(occ.count)))
@@ -282,12 +286,16 @@ def test_self_check_tolerance_follows_the_models_own_sensitivity():
         assert self_check(model, occ, broken) is not None
 
 
-def test_small_run_tries_a_few_positions_before_choosing():
+def test_small_run_tries_a_few_positions_before_choosing(monkeypatch):
     model, image = cnn(width=64), torch.randn(3, 48, 48)  # ~0.1 GMACs/position: naive batches stay at 16
     graph_for(model, image[None])  # a graph at hand, but only one batch of positions: no calibration
-    result = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
+    short = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
+    assert short.stats["reason"].startswith("a small run: re-inferring the other"), short.stats["reason"]
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # as if the rest took long enough to try
+    result = krypton.explain(model, image, patch=24, stride=4)
     naive = krypton.explain(model, image, patch=24, stride=4, mode="naive")
     assert result.stats["reason"].startswith("trial: incremental"), result.stats["reason"]
+    torch.testing.assert_close(short.scores, naive.scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
     tiny, small_image = cnn(), torch.randn(3, 16, 16)
     graph_for(tiny, small_image[None])

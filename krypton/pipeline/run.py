@@ -36,6 +36,7 @@ MIN_GAIN = 1.15  # below this predicted MAC saving, incremental inference cannot
 CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measured naive time
 NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
 TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
+TRIAL_MIN_S = 0.5  # a small run whose naive rest takes less than this stays naive without a trial
 
 
 def naive_is_enough(model: nn.Module, image: torch.Tensor, naive_seconds: float, path: str = "auto") -> str | None:
@@ -205,6 +206,12 @@ class _Run:
         remaining = self._remaining()
         if not len(remaining):
             self.stats.reason = "a small run: the timed naive batch covered every position"
+            return None, None
+        left = (self.naive.seconds_per_position or 0.0) * len(remaining)
+        if left < TRIAL_MIN_S:  # nothing the engine could save would pay for trying it
+            self.stats.reason = (f"a small run: re-inferring the other {len(remaining)} positions (~{left:.2g} s) "
+                                 "costs less than trying the engine")  # fmt: skip
+            self.naive.run(self._remaining())
             return None, None
         trial = np.sort(remaining[:TRIAL_POSITIONS])
         started = time.perf_counter()
