@@ -6,7 +6,8 @@
    costs less than the predicted capture, the run stays naive;
 3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
    pay runs naive, a modest one is calibrated on the first incremental batches against naive's measured
-   time per position, and the faster path finishes the run;
+   time per position (a run too small to calibrate stays naive when its rest is cheap, or times a few
+   positions, fixed costs included), and the faster path finishes the run;
 4. incremental outputs are self-checked against full inference; a mismatch re-runs those positions naive.
 Exact mode's numbers are the same on either path, so switching part-way is safe. Every decision and its
 reason lands in `RunStats`.
