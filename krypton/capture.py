@@ -51,16 +51,7 @@ class Graph:
     calls: list[Call]
     output: fx.Node
     shapes: dict[fx.Node, Any]  # node -> torch.Size, or tuple of sizes for multi-output ops
-    _static: dict[fx.Node, Any] | None = None
-
-    def static_value(self, node: fx.Node) -> Any:
-        """Value of a node that does not depend on the image (e.g. a constant index tensor)."""
-        if self._static is None:
-            from krypton.engine.materialize import materialize
-
-            val = self.image.meta.get("val")
-            self._static = materialize(self, torch.zeros(tuple(val.shape), dtype=val.dtype))
-        return self._static[node]
+    static: dict[fx.Node, Any] | None = None  # image-independent values, filled by engine.materialize on use
 
 
 def bind(target: Any, args: tuple, kwargs: dict) -> dict[str, Any]:

@@ -8,7 +8,6 @@ to see the traceback anyway.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -16,9 +15,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-RESIZE = ("crop", "pad", "stretch")  # krypton.io.preprocess.RESIZE, repeated so --help loads nothing
-DEFAULT_MODEL = "xray"
+from krypton.cli_common import (
+    CT_WINDOW_NAMES,
+    DEFAULT_MODEL,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    _ct_window,
+    _drilldown,
+    _floats,
+    _message,
+    _model_args,
+    _port,
+    _positive,
+    _scale,
+    _summary_line,
+    _tau,
+)
+
 EPILOG = """examples:
   krypton explain                                   # a bundled chest X-ray, pneumonia Xception
   krypton explain xray:3 xray:NORMAL2-IM-1427-0001  # other bundled X-rays (see `krypton demos`)
@@ -30,122 +44,6 @@ EPILOG = """examples:
 
 
 DEBUG_NOTE = "Failures are one line on stderr with exit code 2; set KRYPTON_DEBUG=1 to see the traceback."
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers separated by commas, got {text!r}")
-    return values
-
-
-def _unit_interval(text: str, expected: str) -> float:
-    """A number in (0, 1] (tau, a colour scale); anything else names what was `expected`."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _tau(text: str) -> float:
-    return _unit_interval(text, "a number with 0 < tau <= 1")
-
-
-def _scale(text: str) -> float | str:
-    return text if text == "auto" else _unit_interval(text, "'auto' or a probability drop in (0, 1]")
-
-
-CT_WINDOW_NAMES = ("brain", "lung", "soft-tissue", "bone")  # krypton.io.volumes.CT_WINDOWS, named here for --help
-
-
-def _ct_window(text: str) -> tuple[float, float] | str:
-    if text in CT_WINDOW_NAMES:
-        return text
-    try:
-        values = _floats(text)
-    except argparse.ArgumentTypeError:
-        values = ()
-    if len(values) != 2 or values[1] <= 0:
-        presets = ", ".join(CT_WINDOW_NAMES)
-        raise argparse.ArgumentTypeError(f"expected a preset ({presets}) or CENTER,WIDTH with WIDTH > 0, got {text!r}")
-    return values[0], values[1]
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts if p.strip()]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected SIZE or H,W with positive integers, got {text!r}")
-    return (values[0], values[-1])
-
-
-def _drilldown(text: str) -> bool | dict[str, Any]:
-    """'on' / 'off', or key=value pairs: fraction=0.25,speedup=3 or coarse_stride=8 (checked here, before
-    any model loads)."""
-    if text.lower() in ("on", "true", "yes", "1"):
-        return True
-    if text.lower() in ("off", "false", "no", "0"):
-        return False
-    spec: dict[str, Any] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if key.strip() == "rule":
-            spec["rule"] = value.strip()
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected on, off or KEY=VALUE[,KEY=VALUE], got {text!r}")
-        spec[key.strip()] = int(number) if key.strip() == "coarse_stride" and number.is_integer() else number
-    from krypton.modes.approximate import parse_drilldown
-
-    try:
-        parse_drilldown(spec)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return spec
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number between 1 and 65535, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, like every other krypton error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"krypton: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,45 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="NAME|FILE",
-        help="demo (xray, mri, imagenet), torchvision architecture, or .pt2/.onnx/.keras/.h5 file "
-        f"(default: {DEFAULT_MODEL})",
-    )
-    group.add_argument(
-        "--weights",
-        metavar="FILE|random",
-        help="state-dict file for a torchvision architecture; 'random' keeps random weights (for speed tests)",
-    )
-    group.add_argument("--size", type=_size, metavar="H[,W]", help="model input size (default: from the model)")
-    group.add_argument(
-        "--mean",
-        type=_floats,
-        metavar="M[,M,M]",
-        help="normalisation mean of [0,1] pixels (default: the model's own; 0.5 for model files, i.e. [-1, 1])",
-    )
-    group.add_argument(
-        "--std",
-        type=_floats,
-        metavar="S[,S,S]",
-        help="normalisation std of [0,1] pixels (default: the model's own; 0.5 for model files)",
-    )
-    group.add_argument(
-        "--resize",
-        choices=RESIZE,
-        help="fitting an image of another aspect ratio: crop (centre crop; the borders are not explained), "
-        "pad (black bars; the whole image is explained) or stretch (distorted) "
-        "(default: crop for torchvision/ImageNet models, stretch for the others; printed with the input)",
-    )
-    group.add_argument(
-        "--labels", metavar="FILE", help="class names, one per line (as many as the model has classes)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `krypton` script; returns the exit code."""
     parser = build_parser()
@@ -370,16 +229,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"krypton: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _message(exc: BaseException) -> str:
-    from krypton.io import ImageError
-    from krypton.models import ModelError
-
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (UsageError, ModelError, ImageError, ValueError, FileNotFoundError)):
-        return text
-    return f"{type(exc).__name__}: {text} (set KRYPTON_DEBUG=1 for the traceback)"
 
 
 def _one_line_warning(
@@ -548,22 +397,6 @@ def _warn_other_modality(args: argparse.Namespace, demo: Any) -> None:
                 f"{demo.name} demo ({ours}): it was not trained on such images",
                 file=sys.stderr,
             )
-
-
-def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:
-    from krypton.outputs.render import effect_size
-
-    stats = result.stats
-    speed = stats.get("theoretical_speedup")
-    mode = result.mode if result.mode == stats.get("requested_mode", result.mode) else f"{result.mode} (fallback)"
-    extra = f", {speed:.2f}x fewer MACs than naive" if speed else ""
-    if stats.get("path") and stats["path"] != "incremental" and result.mode != "naive":
-        extra += f" (computed by {stats['path']} inference)"
-    return (
-        f"{name}: {loaded.label(result.target)} p={result.probability:.3f}, largest drop "
-        f"{effect_size(result):.3g} | {stats.get('positions')} positions "
-        f"in {stats.get('wall_time_s', 0.0):.1f} s, {mode}{extra} -> {picture}"
-    )
 
 
 def run_analyze(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ class VolumeUsageError(ValueError):
 def run_explain_volumes(args: argparse.Namespace, out: Path) -> int:
     """Read every input first (typos fail before the model loads), then explain each one."""
     import krypton
-    from krypton.cli import _summary_line
+    from krypton.cli_common import _summary_line
     from krypton.io.volumes import CT_WINDOWS, is_volume_path, read_volume
     from krypton.models import load_model, with_overrides
     from krypton.outputs import save_raw

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from krypton.outputs.maps import per_element_mean
 from krypton.scores import check_target, class_logit, probabilities
 
 
@@ -88,16 +88,3 @@ class Explanation:
         from krypton.outputs.render import png_bytes
 
         return png_bytes(self)
-
-
-def per_element_mean(explanation: Explanation, values: np.ndarray) -> np.ndarray:
-    """(*image_size): each element's mean of `values` (*grid) over the patch positions covering it (0 where
-    none does). The one home of "spread a per-position map over the input" (attribution, drop map)."""
-    size, patch = tuple(explanation.image_size), tuple(explanation.patch)
-    total, count = np.zeros(size), np.zeros(size)
-    corners = explanation.positions.reshape(-1, len(size)).numpy()
-    for corner, value in zip(corners, np.asarray(values, dtype=np.float64).reshape(-1)):
-        where = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, patch))
-        total[where] += value
-        count[where] += 1
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)

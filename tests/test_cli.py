@@ -116,11 +116,12 @@ def test_help_reads_well(capsys):
     assert main([]) == 0 and "explain" in capsys.readouterr().out
 
 
-def test_resize_choices_are_the_preprocessing_ones():
-    from krypton.cli import RESIZE
+def test_choices_named_for_help_are_the_library_ones():
+    from krypton.cli_common import CT_WINDOW_NAMES, RESIZE
     from krypton.io.preprocess import RESIZE as PREPROCESS_RESIZE
+    from krypton.io.volumes import CT_WINDOWS
 
-    assert RESIZE == PREPROCESS_RESIZE
+    assert RESIZE == PREPROCESS_RESIZE and tuple(CT_WINDOWS) == CT_WINDOW_NAMES
 
 
 @pytest.mark.parametrize(

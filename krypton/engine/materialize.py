@@ -5,6 +5,7 @@ Stage 4a of the pipeline. Incremental execution reads everything it does not rec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,3 +38,16 @@ def materialize(graph: Graph, image: torch.Tensor) -> dict[fx.Node, Any]:
         elif node.op == "call_module":
             env[node] = None  # export's input guards: the shapes were checked by the caller
     return env
+
+
+def static_values(graph: Graph) -> Callable[[fx.Node], Any]:
+    """Values of nodes that do not depend on the image (e.g. constant index tensors) for the rules that
+    need them: one clean pass on a zero image, on first use, kept on the graph."""
+
+    def value(node: fx.Node) -> Any:
+        if graph.static is None:
+            val = graph.image.meta.get("val")
+            graph.static = materialize(graph, torch.zeros(tuple(val.shape), dtype=val.dtype))
+        return graph.static[node]
+
+    return value

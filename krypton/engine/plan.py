@@ -18,6 +18,7 @@ from torch import fx
 
 from krypton.box import Boxes, Window
 from krypton.capture import Call, Graph
+from krypton.engine.materialize import static_values
 from krypton.rules import FULL, Rule, Site, lookup
 
 # A window covering at least this fraction of its tensor is computed whole (plain batched op).
@@ -100,11 +101,12 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
     (projective-field thresholding) live there, never inside the rules.
     """
     env: dict[fx.Node, Any] = {graph.image: image_boxes}
+    static = static_values(graph)
     steps: list[Step] = []
     fallbacks: list[tuple[str, str]] = []
     untouched = 0
     for call in graph.calls:
-        site = Site(call, graph.shapes, graph.static_value)
+        site = Site(call, graph.shapes, static)
         rule = choose_rule(call)
         boxes_in = _boxes_for_args(call, env)
         if graph.shapes[call.node] is None:

@@ -22,7 +22,8 @@ def animate(explanation: Any, path: str | Path, image: Any = None, *, frames: in
     """Write the sweep to `path` (.gif, or .mp4 with imageio-ffmpeg); returns the path."""
     from PIL import Image
 
-    from krypton.outputs.render import colour_limit, display_pixels, overlay_rgba
+    from krypton.outputs.maps import colour_limit, overlay_rgba
+    from krypton.outputs.render import display_pixels
 
     if getattr(explanation, "rank", 2) != 2:
         raise ValueError("animate draws 2-D image explanations; volumes and signals have their own pictures")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from krypton.outputs.render import caption, drop_map, effect_size, label_of
+from krypton.outputs.maps import caption, drop_map, effect_size, label_of
 from krypton.scores import probabilities
 
 

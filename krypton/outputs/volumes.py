@@ -23,7 +23,7 @@ def plot_volume(  # noqa: ANN201 - matplotlib.figure.Figure, imported lazily
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from krypton.outputs.render import drop_map
+    from krypton.outputs.maps import drop_map
 
     drop = drop_map(explanation)
     shown = _volume_pixels(volume, drop.shape)
@@ -60,7 +60,7 @@ def plot_signal(explanation: Any, signal: np.ndarray | None, limit: float, head:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from krypton.outputs.render import drop_map
+    from krypton.outputs.maps import drop_map
 
     drop = drop_map(explanation)
     fig = Figure(figsize=(12.0, 5.2), dpi=100)
@@ -89,7 +89,7 @@ def save_nifti(explanation: Any, path: str | Path, affine: np.ndarray | None = N
     """The per-voxel drop in P(target) as a float32 NIfTI with the input's affine (identity if unknown)."""
     import nibabel
 
-    from krypton.outputs.render import drop_map
+    from krypton.outputs.maps import drop_map
 
     if explanation.rank != 3:
         raise ValueError(f"a NIfTI heat map needs a volume explanation (3 spatial axes), got {explanation.rank}")
@@ -113,7 +113,7 @@ def _volume_pixels(volume: np.ndarray | None, shape: tuple[int, ...]) -> np.ndar
 
 
 def _overlay(ax: Any, pixels: np.ndarray, drop: np.ndarray, limit: float, alpha: float) -> Any:
-    from krypton.outputs.render import overlay_rgba
+    from krypton.outputs.maps import overlay_rgba
 
     rgba, mappable = overlay_rgba(drop, limit, alpha)
     ax.imshow(pixels, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")

@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from krypton.box import Boxes, Window, union_all
-from krypton.rules.registry import Frame, Rule, Site, call_op, register
+from krypton.rules.registry import Frame, Rule, Site, call_op, register, register_family
 
 aten = torch.ops.aten
 
@@ -105,7 +105,7 @@ def _box_of(boxes: dict[str, Any], site: Site, node: fx.Node) -> Boxes | None:
     return None
 
 
-POINTWISE = Pointwise()
+POINTWISE = register_family(is_pointwise, Pointwise())
 
 
 class BatchNormEval(Pointwise):

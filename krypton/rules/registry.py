@@ -165,12 +165,22 @@ def register(ops: Any, rule: Rule) -> Rule:
     return rule
 
 
-def lookup(op: Any) -> Rule:
-    """The rule for `op`: the table, then pointwise-tagged ops, then the full-recompute default."""
-    from krypton.rules.pointwise import POINTWISE, is_pointwise
+# Rules for whole families of ops recognised by a predicate (e.g. ops tagged pointwise), asked in order
+# after the table; the modules defining them register here, so the registry imports none of them.
+FAMILIES: list[tuple[Any, Rule]] = []
 
+
+def register_family(predicate: Any, rule: Rule) -> Rule:
+    """Use `rule` for every op not in the table for which `predicate(op)` is true."""
+    FAMILIES.append((predicate, rule))
+    return rule
+
+
+def lookup(op: Any) -> Rule:
+    """The rule for `op`: the table, then the families (pointwise-tagged ops), then the full default."""
     if op in RULES:
         return RULES[op]
-    if is_pointwise(op):
-        return POINTWISE
+    for predicate, rule in FAMILIES:
+        if predicate(op):
+            return rule
     return FULL

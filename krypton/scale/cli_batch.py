@@ -23,7 +23,7 @@ re-run the same command to resume: finished images are skipped, missing or faile
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `batch` subcommand to `krypton`'s subparsers (parser_class is krypton's one-line-error Parser)."""
-    from krypton.cli import _drilldown, _floats, _model_args, _positive, _tau
+    from krypton.cli_common import _drilldown, _floats, _model_args, _positive, _tau
 
     parser = subparsers.add_parser(
         "batch",
@@ -84,7 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `krypton batch` from parsed arguments; 0 when every image was explained, 1 if some failed."""
-    from krypton.cli import UsageError
+    from krypton.cli_common import UsageError
     from krypton.scale.cluster import ClusterError
     from krypton.scale.run import WorkerLoadError, explain_many
     from krypton.scale.store import BusyError
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m krypton.scale batch ...`: the subcommand on its own, with `krypton`'s error handling."""
-    import krypton.cli as cli
+    import krypton.cli_common as cli
 
     parser = cli.Parser(prog="krypton", description="krypton batch (standalone)")
     add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=cli.Parser, required=True))
