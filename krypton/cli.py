@@ -22,8 +22,11 @@ from krypton.cli_common import (
     Parser,
     UsageError,
     _ct_window,
+    _default_patch,
     _drilldown,
     _floats,
+    _images,
+    _load,
     _message,
     _model_args,
     _port,
@@ -112,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fraction=0.25,speedup=3 or fraction=0.1,coarse_stride=8 (speedup or coarse_stride, not both)",
     )
     explain.add_argument(
+        "--quality",
+        type=float,
+        metavar="Q",
+        help="approximate mode: use the tuning profile for this model, patch and stride that promises SSIM >= Q "
+        "(tuning first, once, when there is none; see `krypton tune`)",
+    )
+    explain.add_argument(
         "--compare-exact",
         action="store_true",
         help="approximate mode: also run exact mode and report the map's SSIM against it (otherwise the "
@@ -188,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=_port, default=8000, help="port, 1-65535 (default: 8000)")
     serve.add_argument("--workers", type=_positive, default=1, metavar="N", help="explanations at once (default: 1)")
+    from krypton.cli_tune import add_parser as add_tune_parser
     from krypton.scale.cli_batch import add_parser as add_batch_parser
 
+    add_tune_parser(commands)
     add_batch_parser(commands)
     return parser
 
@@ -213,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demos":
             return list_demos()
+        if args.command == "tune":
+            from krypton.cli_tune import run_tune
+
+            return run_tune(args)
         if args.command == "batch":
             from krypton.scale.cli_batch import run as run_batch
 
@@ -249,54 +265,19 @@ def _out_dir(text: str) -> Path:
     return path
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """The model with the user's preprocessing overrides applied."""
-    from krypton.models import load_model, with_overrides
-
-    loaded = load_model(args.model, weights=args.weights, size=args.size)
-    return with_overrides(loaded, args.size, args.mean, args.std, args.labels, getattr(args, "resize", None))
-
-
-def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:
-    if patch is None:
-        patch = demo.patch if demo is not None else max(4, round(min(size) / 7))
-    if stride is None:
-        stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
-    if patch > min(size):
-        raise UsageError(
-            f"patch {patch} is larger than the model input ({size[0]}x{size[1]}); use --patch <= {min(size)}"
-        )
-    return patch, stride
-
-
-def _images(args: argparse.Namespace, demo: Any) -> list[tuple[str, str | None, Any]]:
-    """(name, true label or None, [0, 1] pixels) per IMAGE, read before the slow model load: typos fail fast."""
-    from krypton.io import read_image
-    from krypton.models import demo_image, model_kind
-
-    if not args.images:
-        model_kind(args.model)  # an unknown model is the first thing to report
-        if demo is None:
-            raise UsageError(f"give at least one IMAGE to explain with {args.model}")
-        image = demo.images()[demo.default_image]
-        return [(image.name, image.label, image.pixels())]
-    found = []
-    for token in args.images:
-        named = demo_image(token) if not Path(token).exists() else None
-        if named is not None:
-            found.append((named[1].name, named[1].label, named[1].pixels()))
-        else:
-            found.append((Path(token).stem, None, read_image(token)))
-    return found
-
-
 def run_explain(args: argparse.Namespace) -> int:
     import krypton
     from krypton.models import DEMOS
     from krypton.outputs import save, save_raw
 
-    if (args.tau is not None or args.drilldown is not None or args.compare_exact) and args.mode != "approximate":
-        raise UsageError("--tau, --drilldown and --compare-exact need --mode approximate")
+    approximate_only = args.tau is not None or args.drilldown is not None or args.compare_exact
+    if (approximate_only or args.quality is not None) and args.mode != "approximate":
+        raise UsageError("--tau, --drilldown, --quality and --compare-exact need --mode approximate")
+    if args.quality is not None:
+        if not 0 < args.quality <= 1:
+            raise UsageError(f"--quality must be in (0, 1] (an SSIM), got {args.quality}")
+        if args.tau is not None or args.drilldown is not None:
+            raise UsageError("--quality chooses tau and drill-down from a profile: give either --quality or them")
     if args.device == "cuda":
         import torch
 
@@ -338,6 +319,12 @@ def run_explain(args: argparse.Namespace) -> int:
         kwargs["tau"] = args.tau
     if args.drilldown is not None:
         kwargs["drilldown"] = args.drilldown
+    expected = None
+    if args.quality is not None:
+        from krypton.cli_tune import quality_settings
+
+        settings, expected = quality_settings(args, loaded, demo, patch, stride, images)
+        kwargs.update(settings)
     if args.compare_exact:
         kwargs["compare_exact"] = True
     used: set[str] = set()
@@ -353,6 +340,8 @@ def run_explain(args: argparse.Namespace) -> int:
             raise
         result.display_image = shown
         result.class_names = loaded.class_names
+        if expected is not None and not args.compare_exact:
+            result.stats["quality"] = expected
         stem = f"{name}-{args.mode}"  # per mode: an approximate run does not overwrite the exact one
         picture = save(
             result,

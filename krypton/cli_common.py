@@ -194,3 +194,44 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, (UsageError, ModelError, ImageError, ValueError, FileNotFoundError)):
         return text
     return f"{type(exc).__name__}: {text} (set KRYPTON_DEBUG=1 for the traceback)"
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The model with the user's preprocessing overrides applied."""
+    from krypton.models import load_model, with_overrides
+
+    loaded = load_model(args.model, weights=args.weights, size=args.size)
+    return with_overrides(loaded, args.size, args.mean, args.std, args.labels, getattr(args, "resize", None))
+
+
+def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:
+    if patch is None:
+        patch = demo.patch if demo is not None else max(4, round(min(size) / 7))
+    if stride is None:
+        stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
+    if patch > min(size):
+        raise UsageError(
+            f"patch {patch} is larger than the model input ({size[0]}x{size[1]}); use --patch <= {min(size)}"
+        )
+    return patch, stride
+
+
+def _images(args: argparse.Namespace, demo: Any) -> list[tuple[str, str | None, Any]]:
+    """(name, true label or None, [0, 1] pixels) per IMAGE, read before the slow model load: typos fail fast."""
+    from krypton.io import read_image
+    from krypton.models import demo_image, model_kind
+
+    if not args.images:
+        model_kind(args.model)  # an unknown model is the first thing to report
+        if demo is None:
+            raise UsageError(f"give at least one IMAGE to explain with {args.model}")
+        image = demo.images()[demo.default_image]
+        return [(image.name, image.label, image.pixels())]
+    found = []
+    for token in args.images:
+        named = demo_image(token) if not Path(token).exists() else None
+        if named is not None:
+            found.append((named[1].name, named[1].label, named[1].pixels()))
+        else:
+            found.append((Path(token).stem, None, read_image(token)))
+    return found

@@ -135,7 +135,9 @@ def test_choices_named_for_help_are_the_library_ones():
         (["explain", "FACE", *FAST, "--patch", "100"], ["patch 100 is larger than the model input (64x64)"]),
         (["explain", "FACE", *FAST, "--target", "bored"], ["unknown target class 'bored'"]),
         (["explain", "FACE", *FAST, "--target", "99"], ["target must be"]),
-        (["explain", "FACE", *FAST, "--tau", "0.5"], ["--tau, --drilldown and --compare-exact need --mode"]),
+        (["explain", "FACE", *FAST, "--tau", "0.5"], ["--tau, --drilldown, --quality and --compare-exact need --mode"]),
+        (["explain", "FACE", *FAST, "--mode", "approximate", "--quality", "0.9", "--tau", "0.5"], ["either --quality"]),
+        (["explain", "FACE", *FAST, "--mode", "approximate", "--quality", "1.5"], ["--quality must be in (0, 1]"]),
         (["explain", "FACE", *FAST, "--fill", "1,2"], ["fill"]),
         (["explain", "xray:99"], ["has no image '99'"]),
         (["analyze", "--model", "missing.onnx"], ["model file not found"]),
@@ -374,3 +376,26 @@ def test_serve_rejects_bad_and_busy_ports_in_one_line(capsys):
         port = busy.getsockname()[1]
         code, _, err = run(capsys, "serve", "--port", str(port))
     assert_one_line_error(code, err, f"cannot listen on 127.0.0.1:{port}: already in use", "--port")
+
+
+def test_tune_writes_a_profile_that_quality_uses(capsys, tmp_path, face, monkeypatch):
+    monkeypatch.setenv("KRYPTON_PROFILES", str(tmp_path / "profiles"))
+    faces = []
+    for k, (y, x) in enumerate([(0, 0), (20, 10), (10, 30)]):
+        picture = Image.open(face).crop((x, y, x + 140, y + 140))
+        faces.append(str(tmp_path / f"face{k}.png"))
+        picture.save(faces[-1])
+    code, out, err = run(capsys, "tune", *faces, "--model", str(FER), "--patch", "16", "--stride", "8",
+                         "--target-ssim", "0.5", "--taus", "0.8,0.5")  # fmt: skip
+    assert code == 0, err
+    written = list((tmp_path / "profiles").glob("*.json"))
+    assert len(written) == 1 and "profile:" in out
+    profile = json.loads(written[0].read_text())
+    assert profile["target_ssim"] == 0.5 and profile["candidates"] and len(profile["heldout_ssim"]) == 1
+    common = ["--model", str(FER), "--patch", "16", "--mode", "approximate", "--no-progress", "--out", str(tmp_path)]
+    code, out, err = run(capsys, "explain", str(face), *common, "--stride", "8", "--quality", "0.5")
+    assert code == 0, err
+    assert f"profile: {written[0]}" in out and "quality expected: SSIM >= 0.5" in out
+    code, out, err = run(capsys, "explain", *faces[:2], *common, "--stride", "16", "--quality", "0.4")
+    assert code == 0, err
+    assert "no tuning profile" in out and "tuning first on the images being explained" in out
