@@ -291,6 +291,11 @@ def run_explain(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     from krypton.io.volumes import is_volume_path
 
+    if args.model == "lesion3d" or (args.images and all(t.startswith("lesion3d:") for t in args.images)):
+        args.model = "lesion3d"  # the synthetic 3-D demo: its own volumes, no files
+        from krypton.cli_volumes import run_explain_volumes
+
+        return run_explain_volumes(args, out)
     if args.images and any(is_volume_path(t) for t in args.images):
         from krypton.cli_volumes import run_explain_volumes
 
@@ -403,7 +408,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def list_demos() -> int:
-    from krypton.models import DEMOS, ModelError
+    from krypton.models import DEMOS, ModelError, volume_demo
 
     for demo in DEMOS.values():
         print(f"{demo.name}: {demo.title}")
@@ -418,6 +423,10 @@ def list_demos() -> int:
             label = f" [{image.label}]" if image.label else ""
             mark = " (default)" if i == default else ""
             print(f"  {demo.name}:{i:<3} {image.name}{label}{mark}  {image.path}")
+    print(f"{volume_demo.NAME}: {volume_demo.TITLE}")
+    print(f"  trained on first use (~30 s), cached in {volume_demo.cache_path()}; patch 8, stride 4")
+    for k in range(volume_demo.IMAGES):
+        print(f"  {volume_demo.NAME}:{k:<3} synthetic volume 32^3 [{volume_demo.CLASSES[int(k % 2 == 0)]}]")
     return 0
 
 

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DEFAULT_PATCH, DEFAULT_STRIDE = 16, 8
+DEMO_PATCH, DEMO_FILL = 8, 0.3  # the synthetic 32^3 demo: 8^3 patches (a blob is ~5 voxels wide)
 
 
 class VolumeUsageError(ValueError):
@@ -28,12 +31,16 @@ def run_explain_volumes(args: argparse.Namespace, out: Path) -> int:
     from krypton.outputs import save_raw
     from krypton.outputs.volumes import save_nifti
 
-    if not all(is_volume_path(t) for t in args.images):
+    demo = args.model == "lesion3d"
+    if not demo and not all(is_volume_path(t) for t in args.images):
         raise VolumeUsageError("give either images or volumes/signals in one run, not both")
     window = CT_WINDOWS[args.window] if isinstance(args.window, str) else args.window
     if len(args.percentiles) != 2:
         raise VolumeUsageError(f"--percentiles needs two values LO,HI, got {args.percentiles}")
-    inputs = [(_stem(Path(t)), read_volume(t, args.volume)) for t in args.images]
+    if demo:
+        inputs = _demo_volumes(args.images)
+    else:
+        inputs = [(_stem(Path(t)), read_volume(t, args.volume)) for t in args.images]
     started = time.perf_counter()
     loaded = with_overrides(load_model(args.model, weights=args.weights), labels=args.labels, image_input=False)
     print(f"model: {loaded.name} ({time.perf_counter() - started:.1f} s to load)")
@@ -44,9 +51,11 @@ def run_explain_volumes(args: argparse.Namespace, out: Path) -> int:
         tensor, affine, how = _model_input(volume, loaded, window, tuple(args.percentiles))
         rank = tensor.dim() - 1
         print(f"input {stem}: {'x'.join(map(str, tensor.shape))} ({how})")
-        patch = args.patch or min(DEFAULT_PATCH, min(tensor.shape[1:]))
+        patch = args.patch or (DEMO_PATCH if demo else min(DEFAULT_PATCH, min(tensor.shape[1:])))
         stride = args.stride or max(1, min(DEFAULT_STRIDE, patch // 2))
         fill = args.fill[0] if len(args.fill) == 1 else list(args.fill)
+        if demo and tuple(args.fill) == (0.0,):
+            fill = DEMO_FILL  # mid-tissue grey: black is far outside the synthetic volumes' intensities
         options: dict[str, Any] = dict(
             target=target, patch=(patch,) * rank, stride=(stride,) * rank, mode=args.mode, fill=fill,
             batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
@@ -67,6 +76,22 @@ def run_explain_volumes(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _demo_volumes(tokens: list[str]) -> list[tuple[str, Any]]:
+    """The synthetic demo's volumes by token (`lesion3d:3`; none: the first), already in [0, 1]."""
+    from krypton.io.volumes import Volume
+    from krypton.models import volume_demo
+
+    found = volume_demo.volumes()
+    chosen = []
+    for token in tokens or ["lesion3d:0"]:
+        index = token.partition(":")[2]
+        if not index.isdigit() or int(index) >= len(found):
+            raise VolumeUsageError(f"{token}: the lesion3d demo has volumes lesion3d:0 to lesion3d:{len(found) - 1}")
+        item = found[int(index)]
+        chosen.append((f"{item.name}-{item.label}", Volume(item.data, np.eye(4), "synthetic")))
+    return chosen
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii", ".npy"):
@@ -83,7 +108,9 @@ def _model_input(volume: Any, loaded: Any, window: tuple[float, float] | None, p
 
     from krypton.io.volumes import window as scale
 
-    if window is not None:
+    if volume.source == "synthetic":
+        pixels, how = volume.data, "synthetic volume, already in [0, 1]"
+    elif window is not None:
         pixels, how = scale(volume.data, center=window[0], width=window[1]), f"CT window {window[0]:g},{window[1]:g}"
     else:
         pixels, how = scale(volume.data, percentiles=percentiles), f"percentiles {percentiles[0]:g}-{percentiles[1]:g}"

@@ -399,3 +399,23 @@ def test_tune_writes_a_profile_that_quality_uses(capsys, tmp_path, face, monkeyp
     code, out, err = run(capsys, "explain", *faces[:2], *common, "--stride", "16", "--quality", "0.4")
     assert code == 0, err
     assert "no tuning profile" in out and "tuning first on the images being explained" in out
+
+
+def test_synthetic_3d_demo_trains_once_and_its_map_finds_the_blob(capsys, tmp_path, monkeypatch):
+    """The bundled 3-D demo is a made-up task (a blob in noise), said so; its map must point at the blob."""
+    from krypton.models import volume_demo
+
+    monkeypatch.setenv("KRYPTON_DEMO_CACHE", str(tmp_path / "cache"))
+    code, out, err = run(capsys, "explain", "--model", "lesion3d", "--no-progress", "--nifti", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "SYNTHETIC" in out and volume_demo.cache_path().exists()  # trained and cached outside the repo
+    raw = np.load(tmp_path / "lesion3d-0-present-exact.npz")
+    drop = raw["drop_map"]
+    peak = np.unravel_index(drop.argmax(), drop.shape)
+    blob = volume_demo.volumes()[0].blob
+    assert max(abs(int(p) - b) for p, b in zip(peak, blob)) <= 4, (peak, blob)
+    assert (tmp_path / "lesion3d-0-present-exact.nii.gz").exists()
+    code, out, err = run(capsys, "explain", "lesion3d:1", "--no-progress", "--out", str(tmp_path))
+    assert code == 0 and "(0.0 s to load)" in out  # the cached weights, no second training
+    code, _, err = run(capsys, "explain", "lesion3d:9", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "lesion3d:0 to lesion3d:5")

@@ -50,6 +50,13 @@ def load_model(
         raise ModelError(f"--weights goes with a torchvision architecture name, not with {text!r}")
     if kind == "demo":
         return DEMOS[text].load()
+    if kind == "volume-demo":
+        from krypton.models import volume_demo
+
+        notes = ["a SYNTHETIC task trained here (blob present/absent in noise): a demonstration, not a medical model"]
+        shape = (1, volume_demo.SIZE, volume_demo.SIZE, volume_demo.SIZE)
+        name = f"{volume_demo.NAME} (synthetic 3-D demo)"
+        return LoadedModel(volume_demo.load(), name, None, list(volume_demo.CLASSES), notes, 2, shape)
     if kind == "monai":
         from krypton.models.monai_nets import load_monai
 
@@ -67,6 +74,8 @@ def model_kind(text: str) -> str:
         return "demo"
     if text.startswith("monai:"):
         return "monai"
+    if text == "lesion3d":  # krypton.models.volume_demo.NAME, named here so model_kind imports nothing
+        return "volume-demo"
     path = Path(text)
     if path.exists():
         return "file"
