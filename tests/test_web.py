@@ -596,3 +596,21 @@ def test_queue_counts_running_jobs_of_other_tabs_and_abandoned_jobs_are_cancelle
     _cancel_if_abandoned(queue, running)  # somebody still follows this one
     assert not running.cancel_event.is_set()
     release.set()
+
+
+def test_the_default_model_is_loaded_at_start_up_before_any_request():
+    calls = []
+    tiny = CATALOG["tiny"]
+    catalog = {"tiny": Demo("tiny", tiny.title, "", 8, 4, lambda: (calls.append(1), tiny.load())[1], tiny.images)}
+    with TestClient(create_app(catalog), base_url="http://127.0.0.1") as warm:
+        deadline = time.time() + 10
+        while not calls and time.time() < deadline:
+            time.sleep(0.01)
+        assert calls == [1]  # loaded by the start-up warm-up, once
+        warm.post("/api/images/demo", json={"demo": "tiny", "index": 0})
+        assert calls == [1]  # the page's first request finds it loaded
+    cold_calls = []
+    catalog = {"tiny": Demo("tiny", tiny.title, "", 8, 4, lambda: (cold_calls.append(1), tiny.load())[1], tiny.images)}
+    with TestClient(create_app(catalog, warm=False), base_url="http://127.0.0.1"):
+        time.sleep(0.2)
+        assert cold_calls == []

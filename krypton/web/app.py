@@ -14,6 +14,7 @@ import binascii
 import io
 import json
 import math
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -103,13 +104,17 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     max_upload: int = uploads.MAX_BYTES,
     max_pixels: int = uploads.MAX_PIXELS,
+    warm: bool = True,
 ) -> FastAPI:
-    """The app. `catalog` maps names to demos (default: the bundled ones); `workers` jobs run at once."""
+    """The app. `catalog` maps names to demos (default: the bundled ones); `workers` jobs run at once;
+    `warm` loads the default demo's model in the background at start-up (the first view waits less)."""
     ctx = Context(Models(catalog if catalog is not None else default_catalog()), Pictures(), Estimator())
     jobs = JobQueue(lambda job: run(job, ctx), workers=workers, max_waiting=max_waiting)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # noqa: ANN202
+        if warm:  # load the page's default model while the browser is still opening the page
+            threading.Thread(target=_warm_default_model, args=(ctx,), name="krypton-warm", daemon=True).start()
         yield
         jobs.close()
 
@@ -259,6 +264,18 @@ def create_app(
         return Response(content, media_type="application/octet-stream", headers=_attachment(f"krypton-{job_id}.npz"))
 
     return app
+
+
+def _warm_default_model(ctx: Context) -> None:
+    """The first demo whose files are installed is the page's default: load its model now. Failures are
+    left for the page's own request to report."""
+    for entry in ctx.models.listing():
+        if entry.get("available"):
+            try:
+                ctx.models.get(entry["name"])
+            except Exception:  # noqa: BLE001 - reported when the page asks for it
+                pass
+            return
 
 
 ABANDONED_S = 5.0  # a job nobody has followed for this long after its page left is cancelled
