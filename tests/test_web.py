@@ -321,6 +321,9 @@ def test_estimates_follow_analyze(client):
     assert modes["approximate"]["macs"] == pytest.approx(49 * approx.incremental_macs)
     assert modes["exact"]["theoretical_speedup"] == pytest.approx(exact.speedup)
     assert all(m["seconds"] > 0 for m in modes.values()) and est["forward_ms"] > 0
+    assert modes["exact"]["seconds"] <= modes["naive"]["seconds"]  # the pipeline never runs slower than naive
+    assert modes["exact"]["path"] == ("naive" if modes["exact"]["raw_seconds"] * modes["exact"]["correction"]
+                                      > modes["naive"]["seconds"] else "incremental")  # fmt: skip
     drill = client.post(
         "/api/estimate", json={"image_id": pid, "patch": 8, "stride": 2, "drilldown": {"fraction": 0.2, "speedup": 3}}
     ).json()

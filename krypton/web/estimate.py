@@ -3,7 +3,9 @@
 One timed forward pass gives seconds per MAC on this CPU; naive mode costs one forward pass per
 position, exact and approximate modes the incremental MACs per position that `analyze` counts. The
 incremental engine has overheads MACs do not capture, so every finished job also records how far off
-its estimate was, and later estimates for that model and mode are scaled by the running average.
+its estimate was, and later estimates for that model and mode are scaled by the running average. Exact
+mode is estimated as what the run pipeline will do: never more than naive (it then runs naive, and the
+estimate says `path: "naive"`).
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ class Estimator:
             )
         for mode in modes:
             modes[mode]["theoretical_speedup"] = modes["naive"]["macs"] / max(modes[mode]["macs"], 1)
+        for mode in ("exact", "approximate"):  # the run pipeline never runs slower than naive: neither do we
+            if mode in modes:
+                modes[mode]["path"] = "incremental"
+                if modes[mode]["seconds"] > modes["naive"]["seconds"] and mode == "exact":
+                    modes[mode].update(seconds=modes["naive"]["seconds"], path="naive")
         return {
             "positions": positions,
             "forward_ms": round(forward * 1000, 2),

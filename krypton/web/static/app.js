@@ -222,7 +222,7 @@ async function runEstimate() {
     for (const row of document.querySelectorAll("#estimates tbody tr")) {
       const m = result.modes[row.dataset.mode];
       const cell = row.querySelector(".est");
-      cell.textContent = `${seconds(m.seconds)} · ${m.positions} pos.`;
+      cell.textContent = `${seconds(m.seconds)} · ${m.positions} pos.` + (m.path === "naive" ? " (runs naive: faster here)" : "");
       cell.title = `${(m.macs / 1e9).toFixed(3)} GMACs` + (m.theoretical_speedup ? `, ${m.theoretical_speedup.toFixed(2)}x fewer than naive` : "")
         + (m.runs ? `; corrected by ${m.runs} finished run(s) (x${m.correction})` : "");
     }
