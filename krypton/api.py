@@ -76,6 +76,8 @@ def explain(
     compare_exact: bool = False,
     path: str = "auto",
     local_gates: bool = False,
+    quality: float | None = None,
+    profile: Any = None,
 ) -> Explanation:
     """Occlusion-based explanation of `model`'s output for `image`.
 
@@ -88,8 +90,12 @@ def explain(
     squeeze-excitation gates' changes inside the occluded region, so SE networks (EfficientNet,
     MobileNetV3, RegNetY) regain their convolutional speedup. `path` = "auto" runs whichever of incremental
     and full inference measures faster (recorded in `stats["path"]` and `stats["reason"]`);
-    "incremental" insists on the engine, "naive" forbids it.
+    "incremental" insists on the engine, "naive" forbids it. `quality` (approximate mode) takes tau,
+    drill-down and local gates from a tuning `profile` (a `krypton tune` JSON file, its dict, or a
+    `TuneResult`) that promises at least that SSIM, and labels the result with the expected quality.
     """
+    if quality is not None or profile is not None:
+        tau, drilldown, local_gates, expected = _from_profile(mode, quality, profile, tau, drilldown, local_gates)
     rank = _validate.rank_of(image, patch, stride)
     patch = _validate.spatial("patch", patch, rank)
     stride = _validate.spatial("stride", stride, rank)
@@ -112,7 +118,7 @@ def explain(
                        batch_size=batch_size, progress=progress, on_update=on_update, path=path, gates=local_gates)
         result = _explain(model, image, **options)
         if mode == "approximate":
-            result.stats["quality"] = UNVERIFIED
+            result.stats["quality"] = UNVERIFIED if quality is None and profile is None else expected
         if compare_exact:
             options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None,
                            gates=False)
@@ -152,6 +158,32 @@ def _explain(
         stats=stats,
         drilled=None if drilled is None else torch.from_numpy(drilled),
     )
+
+
+def _from_profile(mode: str, quality: Any, profile: Any, tau: Any, drilldown: Any, gates: bool) -> tuple:
+    """(tau, drilldown, local_gates, expected quality in words) from a tuning profile."""
+    from krypton.modes import profiles
+    from krypton.modes.tune import TuneResult
+
+    if mode != "approximate":
+        raise ValueError(f"quality and profile apply to mode='approximate' only (mode is {mode!r})")
+    if tau is not None or drilldown not in (None, False) or gates:
+        raise ValueError("quality/profile choose tau, drilldown and local_gates: give either a profile or those")
+    if profile is None:
+        raise ValueError("quality needs a tuning profile: profile=<krypton tune JSON file, dict or TuneResult> "
+                         "(make one with `krypton tune` or krypton.tune)")  # fmt: skip
+    if isinstance(profile, TuneResult):
+        samples = len(profile.candidates[0].ssim) if profile.candidates else 0
+        profile = profiles.to_profile(profile, "model", 0, 0, samples)
+    elif not isinstance(profile, dict):
+        profile = profiles.read(profile)
+    promised = float(profile.get("target_ssim", 0))
+    if quality is not None and (isinstance(quality, bool) or not 0 < float(quality) <= 1):
+        raise ValueError(f"quality must be an SSIM in (0, 1], got {quality!r}")
+    if quality is not None and promised < float(quality):
+        raise ValueError(f"the profile promises SSIM >= {promised}, less than quality={quality}: tune for it first")
+    settings = profiles.settings_of(profile)
+    return settings["tau"], settings["drilldown"], bool(settings["local_gates"]), profiles.expectation(profile)
 
 
 def _approximation(mode: str, tau: float | None, drilldown: Any) -> tuple[float, Drilldown | None]:

@@ -336,3 +336,30 @@ def test_tuner_tries_local_gates_only_where_the_model_has_gates():
     plain, _ = model_and_image(32)
     result = krypton.tune(plain, images, patch=8, stride=4, taus=(0.8,), drilldowns=(None,), target_ssim=0.3)
     assert not any(c.local_gates for c in result.candidates)
+
+
+def test_quality_from_a_profile_sets_the_approximation_and_labels_the_map(tmp_path):
+    import json
+
+    from krypton.modes import profiles
+
+    model, image = model_and_image(32)
+    images = [image, torch.randn(3, 32, 32), torch.randn(3, 32, 32)]
+    tuned = krypton.tune(model, images[:2], heldout_images=images[2:], patch=8, stride=4, target_ssim=0.6,
+                         taus=(0.8, 0.6), drilldowns=(None,))  # fmt: skip
+    direct = krypton.explain(model, image, patch=8, stride=4, mode="approximate", **tuned.settings)
+    via = krypton.explain(model, image, patch=8, stride=4, mode="approximate", quality=0.6, profile=tuned)
+    torch.testing.assert_close(via.scores, direct.scores)
+    assert via.stats["quality"].startswith("expected: SSIM >= 0.6 (tuned on 2 image(s), held-out min")
+    path = profiles.save(profiles.to_profile(tuned, "net", 8, 4, 2), tmp_path / "net.json")
+    from_file = krypton.explain(model, image, patch=8, stride=4, mode="approximate", quality=0.5, profile=path)
+    torch.testing.assert_close(from_file.scores, direct.scores)
+    assert json.loads(path.read_text())["settings"] == tuned.settings
+    with pytest.raises(ValueError, match="promises SSIM >= 0.6, less than quality=0.9"):
+        krypton.explain(model, image, patch=8, stride=4, mode="approximate", quality=0.9, profile=tuned)
+    with pytest.raises(ValueError, match="quality needs a tuning profile"):
+        krypton.explain(model, image, patch=8, stride=4, mode="approximate", quality=0.9)
+    with pytest.raises(ValueError, match="mode='approximate' only"):
+        krypton.explain(model, image, patch=8, stride=4, quality=0.6, profile=tuned)
+    with pytest.raises(ValueError, match="cannot read tuning profile"):
+        krypton.explain(model, image, patch=8, stride=4, mode="approximate", profile=tmp_path / "missing.json")

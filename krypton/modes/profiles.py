@@ -58,6 +58,14 @@ def save(profile: dict[str, Any], path: str | Path | None = None) -> Path:
     return path
 
 
+def read(path: Any) -> dict[str, Any]:
+    """A profile from its JSON file, with a clear error for anything else."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot read tuning profile {path!r}: {exc}") from None
+
+
 def find(model: str, patch: int, stride: int, quality: float) -> tuple[dict[str, Any], Path] | None:
     """The user's profile, else the bundled one, for this model/patch/stride that promises >= `quality`."""
     name = profile_name(model, patch, stride)
@@ -80,4 +88,6 @@ def expectation(profile: dict[str, Any]) -> str:
 def settings_of(profile: dict[str, Any]) -> dict[str, Any]:
     settings = dict(profile["settings"])
     settings["tau"] = float(np.clip(settings.get("tau", 1.0), 1e-6, 1.0))
+    settings.setdefault("drilldown", None)
+    settings["local_gates"] = bool(settings.get("local_gates", False))
     return settings
