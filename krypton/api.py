@@ -163,7 +163,6 @@ def _explain(
 def _from_profile(mode: str, quality: Any, profile: Any, tau: Any, drilldown: Any, gates: bool) -> tuple:
     """(tau, drilldown, local_gates, expected quality in words) from a tuning profile."""
     from krypton.modes import profiles
-    from krypton.modes.tune import TuneResult
 
     if mode != "approximate":
         raise ValueError(f"quality and profile apply to mode='approximate' only (mode is {mode!r})")
@@ -172,7 +171,7 @@ def _from_profile(mode: str, quality: Any, profile: Any, tau: Any, drilldown: An
     if profile is None:
         raise ValueError("quality needs a tuning profile: profile=<krypton tune JSON file, dict or TuneResult> "
                          "(make one with `krypton tune` or krypton.tune)")  # fmt: skip
-    if isinstance(profile, TuneResult):
+    if hasattr(profile, "candidates") and hasattr(profile, "settings"):  # a TuneResult (tune imports this module)
         samples = len(profile.candidates[0].ssim) if profile.candidates else 0
         profile = profiles.to_profile(profile, "model", 0, 0, samples)
     elif not isinstance(profile, dict):
