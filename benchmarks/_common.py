@@ -65,3 +65,11 @@ def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
     done.set()
     thread.join()
     return elapsed, peak[0] - start_rss, result
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,13 +23,7 @@ from krypton.modes.naive import run_naive  # noqa: E402
 from krypton.modes.occlusions import grid_occlusions  # noqa: E402
 from krypton.pipeline import graph_for  # noqa: E402
 
-from _common import channels_last, torchvision_model  # noqa: E402
-
-
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
+from _common import channels_last, timed, torchvision_model  # noqa: E402
 
 
 def main() -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import krypton  # noqa: E402
 from krypton.models.demos import DEMOS  # noqa: E402
 from krypton.modes.quality import rendered_ssim  # noqa: E402
+
+from _common import timed  # noqa: E402
 
 SETTINGS = {  # demo: (patch, stride, sample images, held-out images)
     "mri": (32, 8, 1, 2),
@@ -36,12 +37,6 @@ def images_of(name: str, count: int) -> tuple[object, list]:
         pixels = demo.images()[0].pixels()
         pictures += [loaded.preprocess(pixels[:, ::-1].copy())[0], loaded.preprocess(pixels[12:-4, 8:-8])[0]]
     return loaded.module, pictures[:count]
-
-
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
 
 
 def run(name: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from krypton.modes.naive import run_naive  # noqa: E402
 from krypton.modes.occlusions import grid_occlusions  # noqa: E402
 from krypton.pipeline import graph_for  # noqa: E402
 
+from _common import timed  # noqa: E402
+
 warnings.filterwarnings("ignore")
 
 
@@ -40,12 +41,6 @@ def monai_model(name: str) -> nn.Module:
     if name == "densenet121_3d":
         return DenseNet121(spatial_dims=3, in_channels=1, out_channels=2).eval()
     return resnet18(spatial_dims=3, n_input_channels=1, num_classes=2).eval()
-
-
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
 
 
 def engine_row(name: str, size: int, sample: int) -> None:

@@ -8,8 +8,7 @@ and `engine.incremental` (clean pass, batched incremental pass) → `modes` (nai
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from krypton._lazy import lazy_exports
 
 # Public names, imported on first use: `krypton --help` and `import krypton.cli` stay free of torch.
 _EXPORTS = {
@@ -27,20 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        try:  # a subpackage not imported yet (krypton.outputs, krypton.io, ...)
-            return importlib.import_module(f"krypton.{name}")
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'krypton' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports("krypton", _EXPORTS, globals(), submodules=True)
 
 __all__ = [
     "Analysis",

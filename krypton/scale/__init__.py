@@ -8,8 +8,7 @@ per-image files and the manifest), `progress`, `run` (the driver), `cli_batch` (
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from krypton._lazy import lazy_exports
 
 # Imported on first use, so that `krypton batch --help` (via `krypton.scale.cli_batch`) loads no torch.
 _EXPORTS = {
@@ -25,13 +24,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'krypton.scale' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
+__getattr__, __dir__ = lazy_exports("krypton.scale", _EXPORTS, globals())
 
 __all__ = [
     "BatchSummary",
