@@ -252,3 +252,37 @@ def test_one_job_per_click_refused_upload_compare_labels_and_play(server, browse
     assert page.evaluate("window.krypton.picture.id") == picture  # the page still shows, and explains, the old one
     assert not errors, errors
     page.close()
+
+
+def test_region_by_keyboard_and_number_fields(server, browser):
+    page, errors = _page(server, browser, "/?demo=faces&patch=16&stride=8&mode=exact")
+    width, height = page.evaluate("[window.krypton.picture.width, window.krypton.picture.height]")
+    page.focus("#draw")  # the image is reachable with Tab and described for screen readers
+    assert page.get_attribute("#draw", "tabindex") == "0" and page.get_attribute("#draw", "aria-label")
+    page.keyboard.press("ArrowRight")  # the first arrow makes a region in the middle
+    region = page.evaluate("window.krypton.region")
+    middle = {"x": width / 4, "y": height / 4, "width": width / 2, "height": height / 2}
+    assert region == {key: round(value) for key, value in middle.items()}
+    step = max(1, round(min(width, height) / 32))
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    moved = page.evaluate("window.krypton.region")
+    assert moved["x"] == region["x"] + step and moved["height"] == region["height"] + step
+    fields = [page.input_value(f"#region-{k}") for k in "xywh"]
+    assert fields == [str(moved[k]) for k in ("x", "y", "width", "height")]
+    assert page.inner_text("#run") == "Explain region"
+    for key, value in zip("xywh", ("5", "6", "30", "40")):  # typed numbers give the same region
+        page.fill(f"#region-{key}", value)
+        page.dispatch_event(f"#region-{key}", "change")
+    assert page.evaluate("window.krypton.region") == {"x": 5, "y": 6, "width": 30, "height": 40}
+    page.fill("#region-w", "100000")  # too wide: kept inside the picture
+    page.dispatch_event("#region-w", "change")
+    assert page.evaluate("window.krypton.region")["width"] == width and page.input_value("#region-x") == "0"
+    _run(page)
+    assert page.inner_text("#jobs").count("done") == 1
+    page.focus("#draw")
+    page.keyboard.press("Escape")  # clears the region, its map and the fields
+    assert page.evaluate("window.krypton.region") is None and page.input_value("#region-x") == ""
+    assert page.inner_text("#run") == "Explain"
+    assert not errors, errors
+    page.close()

@@ -119,6 +119,7 @@ async function loadPicture(request, failure = "Could not load the image") {
   state.picture = picture;
   state.first = false;
   state.region = null;
+  showRegion();
   state.mask = new Uint8Array(picture.width * picture.height);
   state.results = {};
   $("fill").value = hex(picture.default_fill);
@@ -456,12 +457,50 @@ function pointerUp(event) {
   if (tool() === "brush") { predictBrush(); return; }
   if (rect && rect.width >= 2 && rect.height >= 2) {
     const x = Math.floor(rect.x), y = Math.floor(rect.y);
-    state.region = { x, y, width: Math.min(state.picture.width - x, Math.ceil(rect.width)),
-                     height: Math.min(state.picture.height - y, Math.ceil(rect.height)) };
-  }
-  redrawOverlay();
-  syncMode();
-  estimate();
+    setRegion({ x, y, width: Math.ceil(rect.width), height: Math.ceil(rect.height) });
+  } else redrawOverlay();
+}
+
+// --- keyboard and number fields: the same region ------------------------------------------------------------
+const REGION_FIELDS = { x: "region-x", y: "region-y", width: "region-w", height: "region-h" };
+
+function showRegion() {
+  for (const [key, id] of Object.entries(REGION_FIELDS)) $(id).value = state.region ? String(state.region[key]) : "";
+}
+
+function fitRegion(r) {  // whole pixels, at least 2 x 2, inside the picture
+  const { width: W, height: H } = state.picture;
+  const width = Math.max(2, Math.min(W, Math.round(r.width))), height = Math.max(2, Math.min(H, Math.round(r.height)));
+  return { x: Math.max(0, Math.min(W - width, Math.round(r.x))), y: Math.max(0, Math.min(H - height, Math.round(r.y))),
+           width, height };
+}
+
+function setRegion(r) {  // every way of choosing a region (mouse, keys, fields, clear) ends here
+  const had = state.region != null;
+  state.region = r && state.picture ? fitRegion(r) : null;
+  if (had && !state.region) { Draw.clear($("heat")); clearResults(); }  // a region's map does not describe the whole image
+  showRegion(); redrawOverlay(); syncMode(); estimate();
+}
+
+function regionFromFields() {
+  const text = Object.fromEntries(Object.entries(REGION_FIELDS).map(([key, id]) => [key, $(id).value.trim()]));
+  if (Object.values(text).every((t) => t === "")) { if (state.region) setRegion(null); return; }
+  if (Object.values(text).some((t) => t === "" || !Number.isFinite(Number(t)))) return;  // still being typed
+  setRegion({ x: Number(text.x), y: Number(text.y), width: Number(text.width), height: Number(text.height) });
+}
+
+function regionKey(event) {
+  if (!state.picture) return;
+  if (event.key === "Escape") { if (state.region) setRegion(null); event.preventDefault(); return; }
+  const move = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[event.key];
+  if (!move) return;
+  event.preventDefault();
+  const { width, height } = state.picture;
+  const r = state.region;
+  if (!r) { setRegion({ x: width / 4, y: height / 4, width: width / 2, height: height / 2 }); return; }
+  const step = Math.max(1, Math.round(Math.min(width, height) / 32));
+  if (event.shiftKey) setRegion({ ...r, width: r.width + move[0] * step, height: r.height + move[1] * step });
+  else setRegion({ ...r, x: r.x + move[0] * step, y: r.y + move[1] * step });
 }
 
 // --- wiring ------------------------------------------------------------------------------------------------
@@ -479,12 +518,8 @@ function wire() {
   $("opacity").addEventListener("input", () => {
     for (const id of ["heat", "cmp-heat-a", "cmp-heat-b"]) $(id).style.opacity = $("opacity").value;
   });
-  $("clear-region").addEventListener("click", () => {
-    const hadRegion = state.region != null;
-    state.region = null;
-    if (hadRegion) { Draw.clear($("heat")); clearResults(); }  // a region's map does not describe the whole image
-    redrawOverlay(); syncMode(); estimate();
-  });
+  $("clear-region").addEventListener("click", () => setRegion(null));
+  for (const id of Object.values(REGION_FIELDS)) $(id).addEventListener("change", regionFromFields);
   $("clear-brush").addEventListener("click", () => {
     if (state.mask) state.mask.fill(0);
     $("brush-result").hidden = true;
@@ -495,6 +530,7 @@ function wire() {
   draw.addEventListener("pointermove", pointerMove);
   draw.addEventListener("pointerup", pointerUp);
   draw.addEventListener("pointercancel", pointerUp);
+  draw.addEventListener("keydown", regionKey);
   $("opacity").dispatchEvent(new Event("input"));
   syncMode();
 }
