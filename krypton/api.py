@@ -16,6 +16,7 @@ from torch import nn
 from krypton import _validate
 from krypton._borrow import borrowed
 from krypton.capture import Graph
+from krypton.choices import MODES
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
 from krypton.modes.approximate import Drilldown, approximation, coarse_stride, parse_drilldown
@@ -27,7 +28,6 @@ from krypton.modes.quality import ssim
 from krypton.pipeline import PATHS, RunStats, evaluate, graph_for, guarded_call
 from krypton.scores import check_target, probabilities
 
-MODES = ("naive", "exact", "approximate")
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
 UNVERIFIED = "not verified"  # an approximate map's quality until measured (compare_exact) or tuned
 
@@ -136,19 +136,19 @@ def _explain(
     on_update: OnUpdate | None, path: str, gates: bool = False,
 ) -> Explanation:
     fill_t = _validate.fill(fill, image.shape[1], patch, image)
-    base = _clean_output(model, image)[0]
+    clean_scores = _clean_output(model, image)[0]
     if target is None:
-        target = int(probabilities(base).argmax())
-    target = check_target(target, base)
+        target = int(probabilities(clean_scores).argmax())
+    target = check_target(target, clean_scores)
     job = _Job(model, image, patch, stride, fill_t, int(target), mode, tau, batch_size, progress, on_update)
-    job.path, job.clean, job.gates = path, base[None], gates
+    job.path, job.clean, job.gates = path, clean_scores[None], gates
     started = time.perf_counter()
     outputs, stats, drilled = job.run(settings)
     stats["wall_time_s"] = time.perf_counter() - started
     stats["positions"] = job.fine.count
     return Explanation(
         scores=outputs.reshape(*job.grid, -1).detach().cpu(),
-        base=base.detach().cpu(),
+        clean_scores=clean_scores.detach().cpu(),
         target=int(target),
         positions=job.positions,
         patch=patch,
@@ -404,7 +404,7 @@ def _analysis(plan: Plan, batch_size: int) -> Analysis:
 
     groups = batches(plan, batch_size)
     count = plan.count
-    ops = []
+    ops: list[dict[str, Any]] = []
     for step in plan.steps:
         if not step.macs:
             continue
@@ -421,6 +421,6 @@ def _analysis(plan: Plan, batch_size: int) -> Analysis:
                 "incremental_macs": spent / count,
             }
         )
-    total = sum(row["incremental_macs"] for row in ops) + plan.untouched_macs
+    total = sum(float(row["incremental_macs"]) for row in ops) + plan.untouched_macs
     per_position = float(position_macs(plan).mean()) + plan.untouched_macs
     return Analysis(ops, plan.naive_macs(), total, per_position, count, batch_size, plan.fallbacks)

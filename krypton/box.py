@@ -10,6 +10,7 @@ The single-position case is simply P == 1; there is no second, scalar algebra.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ class Boxes:
         size = np.asarray(shape, dtype=np.int64)
         lo = np.clip(np.asarray(lo, dtype=np.int64), 0, size)
         hi = np.clip(np.asarray(hi, dtype=np.int64), 0, size)
-        empty = (hi <= lo).any(axis=1)
+        empty = np.asarray((hi <= lo).any(axis=1))
         lo = np.where(empty[:, None], 0, lo)
         hi = np.where(empty[:, None], 0, hi)
         return Boxes(lo, hi)
@@ -53,7 +54,7 @@ class Boxes:
     @property
     def nonempty(self) -> np.ndarray:
         """(P,) bool: positions whose box is not empty."""
-        return (self.hi > self.lo).all(axis=1)
+        return np.asarray((self.hi > self.lo).all(axis=1))
 
     def any(self) -> bool:
         return bool(self.nonempty.any())
@@ -93,7 +94,7 @@ class Boxes:
         return "Boxes(" + " ".join(rows) + more + ")"
 
 
-def union_all(boxes: list[Boxes | None], shape: tuple[int, ...]) -> Boxes | None:
+def union_all(boxes: Sequence[Boxes | None], shape: tuple[int, ...]) -> Boxes | None:
     """Bounding box over several optional boxes; None when nothing changed."""
     present = [b for b in boxes if b is not None]
     if not present:

@@ -208,8 +208,8 @@ def _select(output: Tensor, target: Target) -> Tensor:
         _check(len(target) == n, f"target list has {len(target)} entries but there are {n} examples")
         if isinstance(target[0], int):
             _check(output.dim() == 2, f"a list of int targets needs a 2-D output, got {tuple(output.shape)}")
-            index = torch.tensor(target, device=output.device).reshape(n, 1)
-            return output.gather(1, index).squeeze(-1)
+            rows = torch.tensor(target, device=output.device).reshape(n, 1)
+            return output.gather(1, rows).squeeze(-1)
         _check(isinstance(target[0], tuple), f"target list entries must be ints or tuples, got {target[0]!r}")
         return torch.stack([output[(i, *t)] for i, t in enumerate(target)])
     except (IndexError, RuntimeError) as exc:  # torch's own error: keep its kind, name the parameter

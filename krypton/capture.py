@@ -180,6 +180,8 @@ def _fuse_row_linears(module: fx.GraphModule) -> None:
             continue
         weight_t = mm.args[2]
         back = _only_user(mm)
+        if not isinstance(weight_t, fx.Node) or not isinstance(source, fx.Node):
+            continue
         if weight_t.target != aten.permute.default or back is None or back.target not in views:
             continue
         out_shape = _shape_of(back)
@@ -211,6 +213,8 @@ def _index(module: fx.GraphModule) -> Graph:
             if len(outs) != 1 or not isinstance(outs[0], fx.Node):
                 raise CaptureError("the model must return exactly one tensor")
             output = outs[0]
+    if output is None:
+        raise CaptureError("the model graph has no output")
     return Graph(module, placeholders[0], calls, output, shapes)
 
 

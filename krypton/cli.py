@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from krypton.choices import MODES, STYLES
 from krypton.cli_common import (
     CT_WINDOW_NAMES,
     DEFAULT_MODEL,
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--mode",
-        choices=("naive", "exact", "approximate"),
+        choices=MODES,
         default="exact",
         help="naive: full re-inference; exact: incremental, same numbers (default); "
         "approximate: faster, slightly different maps",
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="krypton-out", metavar="DIR", help="output folder (default: krypton-out)")
     explain.add_argument(
         "--style",
-        choices=("overlay", "paper"),
+        choices=STYLES,
         default="overlay",
         help="overlay: per-pixel probability drop (default); paper: jet_r map as in the paper",
     )

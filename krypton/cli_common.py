@@ -12,9 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from krypton.choices import RESIZE
+
 EXIT_USAGE = 2
 DEFAULT_MODEL = "xray"
-RESIZE = ("crop", "pad", "stretch")  # krypton.io.preprocess.RESIZE, repeated so --help loads nothing
 
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit code 2."""
@@ -205,10 +206,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:
-    if patch is None:
-        patch = demo.patch if demo is not None else max(4, round(min(size) / 7))
-    if stride is None:
-        stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
+    from krypton.models.demos import default_grid
+
+    patch, stride = default_grid(size, demo, patch, stride)
     if patch > min(size):
         raise UsageError(
             f"patch {patch} is larger than the model input ({size[0]}x{size[1]}); use --patch <= {min(size)}"

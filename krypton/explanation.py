@@ -17,7 +17,7 @@ class Explanation:
 
     scores: (*grid, K) model outputs with the patch at each grid position, e.g. (H_M, W_M, K) for an
     image, (L_M, K) for a signal, (D_M, H_M, W_M, K) for a volume;
-    base: (K,) output for the clean input; target: the explained class;
+    clean_scores: (K,) output for the clean input; target: the explained class;
     positions: (*grid, rank) first corner of the patch at each grid cell; image_size: the spatial shape.
     `scores` are the model's logits; with adaptive drill-down, cells outside `drilled` hold logits
     interpolated from the coarse pass (still logits, so `heatmap` and `attribution` treat every cell
@@ -26,7 +26,7 @@ class Explanation:
     """
 
     scores: torch.Tensor
-    base: torch.Tensor
+    clean_scores: torch.Tensor
     target: int
     positions: torch.Tensor
     patch: tuple[int, ...]
@@ -35,6 +35,13 @@ class Explanation:
     mode: str
     stats: dict[str, Any] = field(default_factory=dict)
     drilled: torch.Tensor | None = None  # (*grid) bool: cells computed at the fine stride (drill-down)
+    class_names: list[str] | None = None  # names of the K classes, when the model says them
+    display_image: Any = None  # the picture the input was made from ((H, W[, 3]) in [0, 1]), for rendering
+
+    @property
+    def base(self) -> torch.Tensor:
+        """The clean input's output (the older name of `clean_scores`)."""
+        return self.clean_scores
 
     @property
     def rank(self) -> int:
@@ -49,19 +56,19 @@ class Explanation:
     @property
     def probability(self) -> float:
         """Probability of the target on the clean image."""
-        return float(probabilities(self.base)[self.target])
+        return float(probabilities(self.clean_scores)[self.target])
 
     @property
     def probabilities(self) -> torch.Tensor:
         """(classes,) class probabilities on the clean image (float64)."""
-        return probabilities(self.base)
+        return probabilities(self.clean_scores)
 
     def attribution(self, target: int | None = None) -> torch.Tensor:
         """(*image_size) per-element map: mean over the windows covering an element of (clean - occluded)
         output. The same definition as Captum's `Occlusion` for a single input and target.
         """
-        t = self.target if target is None else check_target(target, self.base)
-        drop = class_logit(self.base, t) - class_logit(self.scores, t)
+        t = self.target if target is None else check_target(target, self.clean_scores)
+        drop = class_logit(self.clean_scores, t) - class_logit(self.scores, t)
         return torch.from_numpy(per_element_mean(self, drop.double().numpy())).float()
 
     def plot(self, image: Any = None, **kwargs: Any) -> Any:

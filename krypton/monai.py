@@ -38,7 +38,7 @@ class OcclusionSensitivity:
         self,
         nn_module: nn.Module,
         mask_size: int | Sequence = 16,
-        n_batch: int = 16,
+        n_batch: int = 16,  # MONAI's own default (windows per forward pass there)
         verbose: bool = True,
         mode: str | float | Callable = "gaussian",
         overlap: float = 0.6,
@@ -79,7 +79,7 @@ class OcclusionSensitivity:
         if any(m > g for g, m in zip(grid.shape[2:], mask_size)):
             raise ValueError(f"Image (spatial shape) {grid.shape[2:]} should be bigger than mask {mask_size}.")
         mask_size = tuple(int(m) for m in mask_size)
-        blend = dict(roi_size=mask_size, sw_batch_size=self.n_batch, overlap=self.overlap,
+        blend: dict[str, Any] = dict(roi_size=mask_size, sw_batch_size=self.n_batch, overlap=self.overlap,
                      mode="gaussian" if self.mode == "gaussian" else "constant", progress=False)  # fmt: skip
 
         corners: list[tuple[int, ...]] = []
@@ -89,10 +89,11 @@ class OcclusionSensitivity:
         rows = {corner: i for i, corner in enumerate(order)}
         sensitivity = sliding_window_inference(grid, predictor=_replayer(rows, probabilities, mask_size), **blend)
         if b_box is not None:  # as MONAI: undo the grid crop, then crop to the box itself
-            sensitivity = cropper.inverse(sensitivity[0])[None]
+            sensitivity = cropper.inverse(sensitivity[0])[None]  # type: ignore[arg-type]  # a MetaTensor at run time
             low = [max(b, 0) for b in b_box[::2]]
             high = [b if b > 0 else s for b, s in zip(b_box[1::2], x.shape[2:])]
             sensitivity = SpatialCrop(roi_start=low, roi_end=high)(sensitivity[0])[None]
+        assert isinstance(sensitivity, torch.Tensor)
         return sensitivity, sensitivity.argmax(dim=1, keepdim=True)
 
     def _probabilities(
@@ -136,7 +137,7 @@ class OcclusionSensitivity:
         if self.mode == "mean_patch":  # MONAI 1.6.1 multiplies by the window's mean (see module docstring)
             axes = tuple(range(1, 2 + len(mask_size)))
             return {"occluder": lambda windows: windows * windows.mean(dim=axes, keepdim=True)}
-        mode = self.mode  # a callable of (x, window (1, C, *mask)): called per window, as MONAI does
+        mode: Any = self.mode  # a callable of (x, window (1, C, *mask)): called per window, as MONAI does
         return {"occluder": lambda windows: torch.cat([mode(x, windows[i : i + 1]) for i in range(len(windows))])}
 
 

@@ -33,7 +33,8 @@ def test_explain_exact_equals_naive_and_fills_fields():
     hm, wm = (20 - 5) // 3 + 1, (17 - 4) // 2 + 1
     assert exact.scores.shape == (hm, wm, 4) and exact.heatmap.shape == (hm, wm)
     assert exact.mode == "exact" and naive.mode == "naive"
-    torch.testing.assert_close(exact.scores - exact.base, naive.scores - naive.base, rtol=1e-4, atol=1e-5)
+    exact_drop, naive_drop = exact.scores - exact.clean_scores, naive.scores - naive.clean_scores
+    torch.testing.assert_close(exact_drop, naive_drop, rtol=1e-4, atol=1e-5)
     assert exact.target == int(model(image[None]).argmax())
     assert exact.positions[1, 2].tolist() == [3, 4]
     probs = torch.softmax(exact.scores, -1)[..., exact.target]
@@ -48,7 +49,7 @@ def test_patch_values_land_where_expected():
     model = small_cnn()
     image = torch.full((3, 12, 12), 0.25)
     result = explain(model, image, patch=4, stride=4, fill=0.25)
-    torch.testing.assert_close(result.scores, result.base.expand_as(result.scores), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.scores, result.clean_scores.expand_as(result.scores), rtol=0, atol=1e-5)
 
 
 def test_target_and_heatmap_explicit():
@@ -83,7 +84,7 @@ def test_self_check_catches_a_wrong_rule(monkeypatch):
     original = window_rules.Convolution.compute
 
     def broken(self, site, frame, window):
-        return original(self, site, frame, window) * 1.5
+        return tuple(out * 1.5 for out in original(self, site, frame, window))
 
     monkeypatch.setattr(window_rules.Convolution, "compute", broken)
     model, image = small_cnn(), torch.randn(3, 16, 16)

@@ -223,7 +223,7 @@ def test_one_logit_torchvision_head_is_explained_on_the_sigmoid(capsys, tmp_path
     assert code == 0, err
     assert "binary classifier" in out
     info = json.loads((tmp_path / "face-exact.json").read_text())
-    z = float(np.load(tmp_path / "face-exact.npz")["base"][0])
+    z = float(np.load(tmp_path / "face-exact.npz")["clean_scores"][0])
     assert info["label"] == ("positive" if z > 0 else "negative")
     assert info["probability"] == pytest.approx(1 / (1 + np.exp(-abs(z))), rel=1e-5)
     assert [t["label"] for t in info["top"]] and len(info["top"]) == 2

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from krypton.engine.gather import Delta, PaddedCache, read_window
+from krypton.engine.gather import PaddedCache, WindowValues, read_window
 
 
-def reference(base: torch.Tensor, delta: Delta | None, start: np.ndarray, size: tuple[int, ...], pad: float):
+def reference(base: torch.Tensor, delta: WindowValues | None, start: np.ndarray, size: tuple[int, ...], pad: float):
     """Item by item: the clean tensor with the item's delta pasted, padded, then cut at the item's window."""
     out = []
     for b in range(start.shape[0]):
@@ -41,7 +41,7 @@ def test_read_window_matches_per_item_reference(seed, channels_last):
     data = torch.randn((batch,) + dsize)
     if channels_last:  # what convolutions on channels-last contexts produce: the row-paste path
         data = data.contiguous(memory_format=torch.channels_last)
-    delta = Delta(data, dstart)
+    delta = WindowValues(data, dstart)
     size = (shape[0],) + tuple(int(rng.integers(1, n + 3)) for n in shape[1:])
     start = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], size[1:], batch)], 1)
     for d in (None, delta):
@@ -51,7 +51,7 @@ def test_read_window_matches_per_item_reference(seed, channels_last):
 
 def test_whole_delta_is_sliced_when_all_items_share_an_inside_window():
     base = torch.randn(1, 3, 8, 9)
-    delta = Delta(torch.randn(4, 3, 8, 9), np.zeros((4, 3), np.int64))
+    delta = WindowValues(torch.randn(4, 3, 8, 9), np.zeros((4, 3), np.int64))
     start = np.tile([0, 2, 3], (4, 1))
     got = read_window(base, delta, start, (3, 4, 5), 0.0, PaddedCache())
     assert got.data_ptr() != base.data_ptr()

@@ -202,7 +202,7 @@ def test_fastest_naive_feeds_channels_last_and_compares_layouts_in_long_runs(mon
     assert runner._trial_batches == 2 and True in seen and False in seen  # both layouts were timed
     assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched
     with torch.no_grad():
-        want = model(occ.materialize(np.arange(occ.count)))
+        want = model(occ.images(np.arange(occ.count)))
     torch.testing.assert_close(collector.result(), want, rtol=1e-4, atol=1e-5)
 
 
@@ -274,8 +274,8 @@ def test_self_check_tolerance_follows_the_models_own_sensitivity():
     model, image = Cancelling().eval(), torch.randn(1, 3, 16, 16)
     occ, _ = grid_occlusions(image, (4, 4), (4, 4), torch.zeros(3, 4, 4))
     with torch.no_grad():
-        exact = model(occ.materialize(np.arange(occ.count)))
-        images = occ.materialize(np.array([0, occ.count - 1]))
+        exact = model(occ.images(np.arange(occ.count)))
+        images = occ.images(np.array([0, occ.count - 1]))
         wobble = rounding_sensitivity(model, images, model(images))
         assert wobble > 1e-3  # float32 inference of this model is visibly off its float64 result
         jittered = exact.clone()

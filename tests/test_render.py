@@ -69,7 +69,7 @@ def test_drop_map_is_mean_over_covering_patches():
     scores = torch.zeros(1, 2, 2)
     scores[0, 1] = torch.tensor([0.0, 10.0])  # second position: class 0 nearly gone
     explanation = krypton.Explanation(
-        scores=scores, base=torch.zeros(2), target=0, positions=torch.tensor([[[0, 0], [0, 2]]]),
+        scores=scores, clean_scores=torch.zeros(2), target=0, positions=torch.tensor([[[0, 0], [0, 2]]]),
         patch=(2, 4), stride=(2, 2), image_size=(2, 6), mode="naive",
     )  # fmt: skip
     drop = drop_map(explanation)
@@ -120,7 +120,7 @@ def test_tiny_effects_stay_pale_under_the_auto_scale(result):
     from krypton.outputs.render import colour_limit
 
     result, _ = result
-    tiny = krypton.Explanation(**{**result.__dict__, "scores": result.scores * 0 + result.base})
+    tiny = krypton.Explanation(**{**result.__dict__, "scores": result.scores * 0 + result.clean_scores})
     tiny.scores[0, 0, tiny.target] -= 0.004  # one position barely lowers the target
     assert 0 < float(np.abs(drop_map(tiny)).max()) < 0.01
     assert colour_limit(tiny) >= 0.05

@@ -64,7 +64,7 @@ def check_case(case: int) -> None:
     plan = propagate(graph, occ.boxes())
     clean = materialize(graph, image)
     for p in range(occ.count):
-        occluded = materialize(graph, occ.materialize(np.array([p])))
+        occluded = materialize(graph, occ.images(np.array([p])))
         for step in plan.steps:
             boxes = step.primary
             value, base = occluded.get(step.call.node), clean.get(step.call.node)

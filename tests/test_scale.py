@@ -119,7 +119,7 @@ def test_manifest_contents_and_rerun_skips(ray_run, spec):
         assert record["time_s"] > 0 and record["positions"] == 16
         assert record["label"] == f"class {record['target']}"
         with np.load(out / record["outputs"]["npz"]) as arrays:
-            p = torch.softmax(torch.from_numpy(arrays["base"]).double(), -1)[record["target"]]
+            p = torch.softmax(torch.from_numpy(arrays["clean_scores"]).double(), -1)[record["target"]]
         assert record["probability"] == pytest.approx(float(p))
         on_disk = json.loads((out / record["outputs"]["json"]).read_text())
         assert on_disk["batch"] == record and on_disk["target"] == record["target"]

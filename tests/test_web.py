@@ -27,7 +27,7 @@ import krypton
 from krypton.io.preprocess import Preprocess
 from krypton.models.demos import Demo, DemoImage
 from krypton.models.errors import ModelError
-from krypton.models.spec import LoadedModel
+from krypton.models.loaded import LoadedModel
 from krypton.web import serve
 from krypton.web.app import create_app
 from krypton.web.catalog import fill_values

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 
 @dataclass
-class Delta:
+class WindowValues:
     """A batch's computed window of one tensor: data (B, *size) placed at `start` (B, ndim)."""
 
     data: torch.Tensor
@@ -33,8 +33,8 @@ class PaddedCache:
     def __init__(self) -> None:
         self._cache: dict[tuple, tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]] = {}
 
-    def get(self, base: torch.Tensor, lo: np.ndarray, hi: np.ndarray, value: float):
-        key = (base.data_ptr(), tuple(base.shape), tuple(base.stride()), value)
+    def get(self, clean: torch.Tensor, lo: np.ndarray, hi: np.ndarray, value: float):
+        key = (clean.data_ptr(), tuple(clean.shape), tuple(clean.stride()), value)
         hit = self._cache.get(key)
         if hit is not None and (hit[1] >= lo).all() and (hit[2] >= hi).all():
             return hit
@@ -43,10 +43,10 @@ class PaddedCache:
         pads: list[int] = []
         for a in reversed(range(len(lo))):
             pads += [int(lo[a]), int(hi[a])]
-        padded = F.pad(base, pads, value=value) if any(pads) else base
+        padded = F.pad(clean, pads, value=value) if any(pads) else clean
         if padded.dim() == 4:  # channels-last copy: a window of all channels is one run per row
             padded = padded.contiguous(memory_format=torch.channels_last)
-        self._cache[key] = (padded, lo.copy(), hi.copy(), base)  # holding `base` pins its address
+        self._cache[key] = (padded, lo.copy(), hi.copy(), clean)  # holding `clean` pins its address
         return self._cache[key]
 
     def clear(self) -> None:
@@ -54,8 +54,8 @@ class PaddedCache:
 
 
 def read_window(
-    base: torch.Tensor,
-    delta: Delta | None,
+    clean: torch.Tensor,
+    computed: WindowValues | None,
     start: np.ndarray,
     size: tuple[int, ...],
     pad_value: float,
@@ -63,20 +63,20 @@ def read_window(
 ) -> torch.Tensor:
     """Values of every occluded copy over `[start, start + size)` -> (B, *size).
 
-    `base` is the clean tensor (1, *shape); cells outside it read `pad_value`.
+    `clean` is the clean tensor (1, *shape); cells outside it read `pad_value`.
     """
-    if delta is not None and delta.size == tuple(size) and np.array_equal(delta.start, start):
-        return delta.data
+    if computed is not None and computed.size == tuple(size) and np.array_equal(computed.start, start):
+        return computed.data
     batch = start.shape[0]
-    shape = np.asarray(base.shape[1:], dtype=np.int64)
-    if delta is not None and delta.size == tuple(shape) and _inside(start, size, shape):
-        return delta.data[(slice(None),) + tuple(slice(int(a), int(a) + n) for a, n in zip(start[0], size))]
+    shape = np.asarray(clean.shape[1:], dtype=np.int64)
+    if computed is not None and computed.size == tuple(shape) and _inside(start, size, shape):
+        return computed.data[(slice(None),) + tuple(slice(int(a), int(a) + n) for a, n in zip(start[0], size))]
     need_lo = np.maximum(0, -start.min(axis=0))
     need_hi = np.maximum(0, (start + np.asarray(size)).max(axis=0) - shape)
-    padded, pad_lo, _, _ = cache.get(base, need_lo, need_hi, pad_value)
-    out = _gather(padded[0], start + pad_lo, size, batch, writable=delta is not None)
-    if delta is not None:
-        _paste(out, delta, start, size)
+    padded, pad_lo, _, _ = cache.get(clean, need_lo, need_hi, pad_value)
+    out = _gather(padded[0], start + pad_lo, size, batch, writable=computed is not None)
+    if computed is not None:
+        _paste(out, computed, start, size)
     return out
 
 
@@ -122,13 +122,13 @@ def _gather_all_channels(padded: torch.Tensor, start: np.ndarray, size: tuple[in
     return windows[index].permute(0, 3, 1, 2)
 
 
-def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, ...]) -> None:
+def _paste(out: torch.Tensor, computed: WindowValues, start: np.ndarray, size: tuple[int, ...]) -> None:
     """Write each item's changed window over the gathered clean values (clipped to the region)."""
-    rel = delta.start - start
-    width = np.asarray(delta.size)
+    rel = computed.start - start
+    width = np.asarray(computed.size)
     region = np.asarray(size)
     groups, inverse = np.unique(rel, axis=0, return_inverse=True)
-    if len(groups) > 1 and _paste_rows(out, delta.data, rel):
+    if len(groups) > 1 and _paste_rows(out, computed.data, rel):
         return
     inverse = inverse.reshape(-1)
     for g, r in enumerate(groups):
@@ -138,10 +138,10 @@ def _paste(out: torch.Tensor, delta: Delta, start: np.ndarray, size: tuple[int, 
         dst = tuple(slice(int(x), int(y)) for x, y in zip(a_lo, a_hi))
         src = tuple(slice(int(x - rr), int(y - rr)) for x, y, rr in zip(a_lo, a_hi, r))
         if len(groups) == 1:
-            out[(slice(None),) + dst] = delta.data[(slice(None),) + src]
+            out[(slice(None),) + dst] = computed.data[(slice(None),) + src]
         else:
             rows = torch.from_numpy(np.nonzero(inverse == g)[0]).to(out.device)
-            out[(rows,) + dst] = delta.data[(rows,) + src]
+            out[(rows,) + dst] = computed.data[(rows,) + src]
 
 
 def _paste_rows(out: torch.Tensor, data: torch.Tensor, rel: np.ndarray) -> bool:

@@ -8,7 +8,6 @@ Values are dropped after their last use.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -17,57 +16,76 @@ import torch
 from torch import fx
 
 from krypton.box import Boxes, Window
-from krypton.engine.gather import Delta, PaddedCache, read_window
+from krypton.engine.gather import PaddedCache, WindowValues, read_window
 from krypton.engine.plan import Plan, Step, shared_tail, tail_reads, window
 from krypton.rules import FULL
+from krypton.rules.registry import Computed, is_multi_output
 
 
 class BatchFrame:
-    """The executor's side of `rules.Frame` for one batch."""
+    """The executor's side of `rules.Frame` for one batch: each computed node's values (one
+    `WindowValues` per output, None where an output was not computed) over the clean run's."""
 
-    def __init__(self, base: dict[fx.Node, Any], batch: int, cache: PaddedCache, derived: set):
-        self.base_values = base
+    def __init__(self, clean: dict[fx.Node, Any], batch: int, cache: PaddedCache, derived: set[fx.Node]):
+        self.clean_values = clean
         self.batch = batch
         self.cache = cache
         self.image_derived = derived  # nodes that depend on the image (they have a batch axis)
-        self.state: dict[fx.Node, Any] = {}
+        self.state: dict[fx.Node, tuple[WindowValues | None, ...]] = {}
 
-    def base(self, value: Any) -> Any:
-        return self.base_values[value] if isinstance(value, fx.Node) else value
+    def clean(self, value: Any) -> Any:
+        return self.clean_values[value] if isinstance(value, fx.Node) else value
+
+    def computed(self, node: fx.Node, output: int = 0) -> WindowValues | None:
+        """What this batch computed for one output of `node` (None: it reads the clean run's)."""
+        found = self.state.get(node)
+        return None if found is None else found[output]
 
     def window_of(self, node: fx.Node) -> Window:
-        delta = self.state[node]
-        return Window(delta.start, delta.size)
+        values = self.computed(node)
+        assert values is not None, f"{node} was not computed in this batch"
+        return Window(values.start, values.size)
 
     def assemble(
-        self, node: Any, start: np.ndarray, size: tuple[int, ...], pad_value: float = 0.0, clean: bool = False
+        self,
+        node: fx.Node,
+        start: np.ndarray,
+        size: tuple[int, ...],
+        pad_value: float = 0.0,
+        clean: bool = False,
+        output: int = 0,
     ) -> torch.Tensor:
-        base = self.base(node)
-        if base.dim() < len(size) + 1:
-            base = base.reshape((1,) * (len(size) + 1 - base.dim()) + tuple(base.shape))
-        delta = None if clean else self.state.get(node) if isinstance(node, fx.Node) else None
-        return read_window(base, delta, start, size, pad_value, self.cache)
+        value = self.clean(node)
+        if isinstance(value, (tuple, list)):
+            value = value[output]
+        if value.dim() < len(size) + 1:
+            value = value.reshape((1,) * (len(size) + 1 - value.dim()) + tuple(value.shape))
+        computed = None if clean else self.computed(node, output)
+        return read_window(value, computed, start, size, pad_value, self.cache)
 
     def whole(self, node: fx.Node) -> torch.Tensor:
-        delta = self.state.get(node)
-        base = self.base_values[node]
-        if delta is not None and tuple(delta.size) == tuple(base.shape[1:]):
-            return delta.data
-        if delta is None and node not in self.image_derived:
-            return base
-        size = tuple(base.shape[1:])
+        computed = self.computed(node)
+        clean = self.clean_values[node]
+        if computed is not None and computed.size == tuple(clean.shape[1:]):
+            return computed.data
+        if computed is None and node not in self.image_derived:
+            return clean
+        size = tuple(clean.shape[1:])
         return self.assemble(node, np.zeros((self.batch, len(size)), dtype=np.int64), size)
 
 
-def _wrap(result: Any, win: Window) -> Any:
-    """Attach window placement to a rule's output (tuples for multi-output ops)."""
-    if isinstance(result, (tuple, list)):
-        return tuple(_wrap(r, win) if isinstance(r, torch.Tensor) else None for r in result)
-    if not isinstance(result, torch.Tensor):
-        return None
-    if tuple(result.shape[1:]) != tuple(win.size):  # e.g. a secondary output of a whole op
-        return Delta(result, np.zeros((win.batch, result.dim() - 1), dtype=np.int64))
-    return Delta(result, win.start)
+def _placed(result: Computed, win: Window) -> tuple[WindowValues | None, ...]:
+    """Place each computed output at the batch's window (an output computed whole - a secondary output
+    of a whole op - at the origin)."""
+    placed: list[WindowValues | None] = []
+    for values in result:
+        if not isinstance(values, torch.Tensor):
+            placed.append(None)
+        elif tuple(values.shape[1:]) != tuple(win.size):
+            placed.append(WindowValues(values, np.zeros((win.batch, values.dim() - 1), dtype=np.int64)))
+        else:
+            placed.append(WindowValues(values, win.start))
+    return tuple(placed)
 
 
 def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
@@ -97,11 +115,15 @@ class IncrementalRunner:
     """
 
     def __init__(
-        self, plan: Plan, base: dict[fx.Node, Any], image_delta: ImageDelta, groups: list[np.ndarray] | None = None
+        self,
+        plan: Plan,
+        clean: dict[fx.Node, Any],
+        occluded: OccludedInput,
+        groups: list[np.ndarray] | None = None,
     ):
         self.plan = plan
-        self.base = base
-        self.image_delta = image_delta
+        self.clean = clean
+        self.occluded = occluded
         self.cache = PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
@@ -111,8 +133,8 @@ class IncrementalRunner:
     @torch.no_grad()
     def run_head(self, index: np.ndarray) -> tuple[list[torch.Tensor], int]:
         """The whole values (B, ...) the shared tail reads, for the positions `index`; MACs spent."""
-        frame = BatchFrame(self.base, len(index), self.cache, self.derived)
-        frame.state[self.plan.graph.image] = self.image_delta.delta(index, self.cache)
+        frame = BatchFrame(self.clean, len(index), self.cache, self.derived)
+        frame.state[self.plan.graph.image] = (self.occluded.window(index, self.cache),)
         macs = self._walk(frame, self.plan.steps[: self.tail], index)
         return [frame.whole(node) for node in self.tail_inputs], macs
 
@@ -122,9 +144,9 @@ class IncrementalRunner:
         values = [torch.cat(parts) if len(heads) > 1 else parts[0] for parts in zip(*heads)]
         index = np.concatenate(indices)
         batch = len(index)
-        frame = BatchFrame(self.base, batch, self.cache, self.derived)
+        frame = BatchFrame(self.clean, batch, self.cache, self.derived)
         for node, value in zip(self.tail_inputs, values):
-            frame.state[node] = Delta(value, np.zeros((batch, value.dim() - 1), dtype=np.int64))
+            frame.state[node] = (WindowValues(value, np.zeros((batch, value.dim() - 1), dtype=np.int64)),)
         steps = self.plan.steps[self.tail :]
         macs = self._walk(frame, steps, index)
         return frame.whole(self.plan.graph.output), macs
@@ -142,27 +164,24 @@ class IncrementalRunner:
                 frame.state.pop(node, None)
         return macs
 
-    def _step(self, step: Step, frame: BatchFrame, win: Window) -> Any:
-        call = step.call
-        if call.target is operator.getitem:
-            parent = frame.state.get(call.args["self"])
-            return None if parent is None else parent[call.args["index"]]
-        if win.is_whole(step.body) and all(self._whole_or_clean(frame, n) for n in call.inputs):
-            return _wrap(FULL.compute(step.site, frame, win), win)
-        return _wrap(step.rule.compute(step.site, frame, win), win)
+    def _step(self, step: Step, frame: BatchFrame, win: Window) -> tuple[WindowValues | None, ...]:
+        rule = step.computes
+        if win.is_whole(step.body) and all(self._whole_or_clean(frame, n) for n in step.call.inputs):
+            rule = FULL  # whole window, whole inputs: the plain batched op is the fastest way
+        return _placed(rule.compute(step.site, frame, win), win)
 
     def _whole_or_clean(self, frame: BatchFrame, node: fx.Node) -> bool:
-        delta = frame.state.get(node)
-        if delta is None:
-            return True
-        return tuple(delta.size) == tuple(self.base[node].shape[1:])
+        if is_multi_output(self.plan.graph.shapes[node]):
+            return False  # read per output, through the getitem rule
+        computed = frame.computed(node)
+        return computed is None or computed.size == tuple(self.clean[node].shape[1:])
 
 
 Occluder = Callable[[torch.Tensor], torch.Tensor]  # clean windows (B, C, *size) -> occluded windows
 
 
-class ImageDelta:
-    """The occluded part of the image for each position.
+class OccludedInput:
+    """The occluded part of the input for each position (the values the first layer's windows read).
 
     Either a `patch` (values relative to each box's corner, all boxes the same size: the paper's
     occlusion patch), a `baseline` (absolute values broadcastable to the image: Captum's baselines,
@@ -185,18 +204,20 @@ class ImageDelta:
         self.patch, self.occluder = patch, occluder
         self.baseline = None if baseline is None else baseline.expand_as(image).contiguous()
 
-    def delta(self, index: np.ndarray, cache: PaddedCache) -> Delta:
+    def window(self, index: np.ndarray, cache: PaddedCache) -> WindowValues:
+        """The occluded values of the positions `index`, over the window that covers each one's box."""
         if self.patch is not None:
             size = tuple(self.patch.shape)
-            return Delta(self.patch.unsqueeze(0).expand((len(index),) + size), self.lo[index])
+            return WindowValues(self.patch.unsqueeze(0).expand((len(index),) + size), self.lo[index])
         if self.occluder is not None:
             size = tuple(int(n) for n in self.hi[index[0]] - self.lo[index[0]])
             clean = read_window(self.image, None, self.lo[index], size, 0.0, cache)
-            return Delta(self.occluder(clean), self.lo[index])
+            return WindowValues(self.occluder(clean), self.lo[index])
         boxes = Boxes(self.lo[index], self.hi[index])
         body = tuple(self.image.shape[1:])
         win = Window.cover(boxes, body)
         clean = read_window(self.image, None, win.start, win.size, 0.0, cache)
+        assert self.baseline is not None  # one of patch, occluder, baseline is always given
         filled = read_window(self.baseline, None, win.start, win.size, 0.0, cache)
         inside = torch.ones((len(index),) + (1,) * len(body), dtype=torch.bool)
         for a in range(len(body)):
@@ -206,4 +227,4 @@ class ImageDelta:
             shape[1 + a] = win.size[a]
             inside = inside & torch.from_numpy(axis).reshape(shape)
         inside = inside.to(clean.device)
-        return Delta(torch.where(inside, filled, clean), win.start)
+        return WindowValues(torch.where(inside, filled, clean), win.start)

@@ -46,7 +46,7 @@ def static_values(graph: Graph) -> Callable[[fx.Node], Any]:
 
     def value(node: fx.Node) -> Any:
         if graph.static is None:
-            val = graph.image.meta.get("val")
+            val = graph.image.meta["val"]
             graph.static = materialize(graph, torch.zeros(tuple(val.shape), dtype=val.dtype))
         return graph.static[node]
 

@@ -20,6 +20,7 @@ from krypton.box import Boxes, Window
 from krypton.capture import Call, Graph
 from krypton.engine.materialize import static_values
 from krypton.rules import FULL, Rule, Site, lookup
+from krypton.rules.registry import Changes, is_multi_output
 
 # A window covering at least this fraction of its tensor is computed whole (plain batched op).
 DENSE_FRACTION = 0.9
@@ -27,20 +28,26 @@ DENSE_FRACTION = 0.9
 
 @dataclass
 class Step:
-    """One call with its rule and, for every position, the box where its output(s) can change."""
+    """One call with its rule and, for every position, the box where each output can change."""
 
     call: Call
     site: Site
-    rule: Rule
-    boxes: Any  # Boxes | tuple[Boxes | None, ...] | None
-    body: tuple[int, ...]  # shape (no batch axis) of the output that windows are computed for
+    rule: Rule  # the op's rule (its name, cost and spatial axes)
+    boxes: Changes
+    body: tuple[int, ...]  # shape (no batch axis) of output 0, the one windows are computed for
     full_axes: tuple[int, ...]
     macs: int  # multiply-accumulates per output element
-    precise: bool  # False: computed whole whenever any position of a batch changes it
+    precise: bool  # the rule's one `applies` decision; False: computed whole whenever a batch changes it
 
     @property
     def primary(self) -> Boxes | None:
-        return self.boxes[0] if isinstance(self.boxes, tuple) else self.boxes
+        """Boxes of output 0 (other outputs are computed whole, or not at all)."""
+        return self.boxes[0]
+
+    @property
+    def computes(self) -> Rule:
+        """The rule that computes this call: its own when it applies, else the full-recompute default."""
+        return self.rule if self.precise else FULL
 
     @property
     def whole_macs(self) -> int:
@@ -67,25 +74,34 @@ class Plan:
 def choose_rule(call: Call) -> Rule:
     """The call's rule; multi-output rules computing only output 0 yield when others are used."""
     rule = lookup(call.target)
-    if getattr(rule, "primary_output_only", False):
+    if rule.primary_output_only:
         for user in call.node.users:
             if user.target is operator.getitem and user.args[1] != 0 and user.users:
                 return FULL
     return rule
 
 
-def _boxes_for_args(call: Call, env: dict[fx.Node, Any]) -> dict[str, Any]:
+def _boxes_for_args(call: Call, env: dict[fx.Node, Changes], shapes: dict[fx.Node, Any]) -> dict[str, Any]:
+    """Per tensor argument, where it changed: `Boxes | None` (a list for tensor lists); the argument of a
+    `getitem` - a multi-output op - gets all its outputs' `Changes`."""
+
+    def changes(node: fx.Node) -> Any:
+        found = env.get(node)
+        if found is None or is_multi_output(shapes[node]):
+            return found
+        return found[0]
+
     boxes: dict[str, Any] = {}
     for name, value in call.args.items():
         if isinstance(value, fx.Node):
-            boxes[name] = env.get(value)
+            boxes[name] = changes(value)
         elif isinstance(value, (list, tuple)) and any(isinstance(v, fx.Node) for v in value):
-            boxes[name] = [env.get(v) if isinstance(v, fx.Node) else None for v in value]
+            boxes[name] = [changes(v) if isinstance(v, fx.Node) else None for v in value]
     return boxes
 
 
 def _primary_body(shape: Any) -> tuple[int, ...]:
-    if shape and isinstance(shape[0], tuple):
+    if is_multi_output(shape):
         return tuple(shape[0][1:])
     return tuple(shape[1:]) if shape else ()
 
@@ -100,7 +116,7 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
     `transform`, when given, rewrites each call's output boxes between rules: approximations
     (projective-field thresholding) live there, never inside the rules.
     """
-    env: dict[fx.Node, Any] = {graph.image: image_boxes}
+    env: dict[fx.Node, Changes] = {graph.image: (image_boxes,)}
     static = static_values(graph)
     steps: list[Step] = []
     fallbacks: list[tuple[str, str]] = []
@@ -108,22 +124,22 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
     for call in graph.calls:
         site = Site(call, graph.shapes, static)
         rule = choose_rule(call)
-        boxes_in = _boxes_for_args(call, env)
+        boxes_in = _boxes_for_args(call, env, graph.shapes)
         if graph.shapes[call.node] is None:
             continue  # returns no tensor (e.g. aten._assert_tensor_metadata): nothing to track
         if not any(v is not None and (not isinstance(v, list) or any(v)) for v in boxes_in.values()):
             untouched += rule.macs_per_element(site) * int(np.prod(_primary_body(graph.shapes[call.node])))
             continue  # depends on parameters only: computed once, in the clean pass
         try:
-            out = rule.forward(site, boxes_in)
+            precise = rule.applies(site)
+            out = (rule if precise else FULL).forward(site, boxes_in)
         except Exception as exc:
             raise type(exc)(f"{exc} [at {call.node.format_node()}]") from exc
-        if out is None:
+        if all(b is None for b in out):
             continue
-        if transform is not None:
-            out = _transformed(out, lambda b, site=site, rule=rule, given=boxes_in: transform(site, rule, b, given))
+        if transform is not None and out[0] is not None:
+            out = (transform(site, rule, out[0], boxes_in),) + out[1:]
         env[call.node] = out
-        precise = rule.precise_for(site)
         if not precise:
             fallbacks.append((call.name, call.op_name))
         body = _primary_body(graph.shapes[call.node])
@@ -132,12 +148,6 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
     plan = Plan(graph, image_boxes, steps, fallbacks)
     plan.untouched_macs = untouched
     return plan
-
-
-def _transformed(out: Any, fn: Callable[[Boxes], Boxes]) -> Any:
-    if isinstance(out, tuple):
-        return (fn(out[0]) if out[0] is not None else None,) + out[1:]
-    return fn(out)
 
 
 def window(step: Step, index: np.ndarray) -> Window | None:
@@ -170,7 +180,7 @@ def shared_tail(plan: Plan, groups: list[np.ndarray]) -> int:
     start = len(plan.steps)
     while start > 0 and _same_size_in_every_batch(plan.steps[start - 1], groups):
         start -= 1
-    while start < len(plan.steps) and any(_is_tuple(plan.graph.shapes[n]) for n in tail_reads(plan, start)):
+    while start < len(plan.steps) and any(is_multi_output(plan.graph.shapes[n]) for n in tail_reads(plan, start)):
         start += 1
     return start
 
@@ -198,10 +208,6 @@ def tail_reads(plan: Plan, start: int) -> list[fx.Node]:
     if start == len(plan.steps) and plan.graph.output in before:
         reads[plan.graph.output] = None
     return list(reads)
-
-
-def _is_tuple(shape: Any) -> bool:
-    return bool(shape) and isinstance(shape[0], tuple)
 
 
 def batch_macs(plan: Plan, index: np.ndarray) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from krypton.choices import RESIZE
 from krypton.io.images import ImageError, read_image
 
 RESAMPLE = ("bilinear", "nearest", "bicubic")
-RESIZE = ("crop", "pad", "stretch")  # how an image of another aspect ratio meets the model's input size
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
@@ -134,7 +134,8 @@ def _resize(pixels: np.ndarray, size: tuple[int, int], resample: str) -> np.ndar
 
     if pixels.shape[:2] == tuple(size):
         return pixels
-    flt = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[resample]
+    flt = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+           "bicubic": Image.Resampling.BICUBIC}[resample]  # fmt: skip
     channels = [
         np.asarray(Image.fromarray(pixels[..., c]).resize((size[1], size[0]), flt), dtype=np.float32)
         for c in range(pixels.shape[-1])

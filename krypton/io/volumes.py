@@ -70,7 +70,7 @@ def window(
     data = np.asarray(data, dtype=np.float32)
     if (center is None) != (width is None):
         raise ValueError("a window needs both center and width (e.g. brain: center 40, width 80)")
-    if center is not None:
+    if center is not None and width is not None:
         if width <= 0:
             raise ValueError(f"window width must be positive, got {width}")
         low, high = center - width / 2, center + width / 2
@@ -91,7 +91,7 @@ def _read_nifti(path: Path, volume_index: int | None) -> Volume:
         raise ImageError("NIfTI files need nibabel (pip install 'krypton-obe[volumes]')") from None
     try:
         image = nibabel.load(str(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        data = np.asarray(image.dataobj, dtype=np.float32)  # type: ignore[attr-defined]
     except Exception as exc:
         raise ImageError(f"cannot read NIfTI {path}: {str(exc).strip().splitlines()[0]}") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -108,7 +108,7 @@ def _read_nifti(path: Path, volume_index: int | None) -> Volume:
         data = data[..., volume_index]
     if data.ndim not in (2, 3):
         raise ImageError(f"{path.name} has shape {data.shape}; krypton explains 3-D volumes (and 2-D slices)")
-    return Volume(data[None], np.asarray(image.affine, dtype=np.float64), str(path))
+    return Volume(data[None], np.asarray(image.affine, dtype=np.float64), str(path))  # type: ignore[attr-defined]
 
 
 def _read_npy(path: Path) -> Volume:

@@ -13,7 +13,7 @@ from torch import nn
 
 from krypton.models.demos import DEMOS, Demo, DemoImage, demo_image
 from krypton.models.errors import ModelError
-from krypton.models.spec import UNKNOWN_PREPROCESSING, LoadedModel
+from krypton.models.loaded import UNKNOWN_PREPROCESSING, LoadedModel
 
 __all__ = [
     "DEMOS",

@@ -20,7 +20,7 @@ import numpy as np
 from krypton.io.images import read_image, read_raw_uint16
 from krypton.io.preprocess import Preprocess
 from krypton.models.errors import ModelError
-from krypton.models.spec import LoadedModel
+from krypton.models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,18 @@ class DemoImage:
 
     def pixels(self) -> np.ndarray:
         return self.reader(self.path)
+
+
+def default_grid(
+    size: tuple[int, ...], demo: Demo | None, patch: int | None = None, stride: int | None = None
+) -> tuple[int, int]:
+    """Patch and stride for an input of `size` when the user gave none: the demo's own settings, else a
+    patch of ~1/7 of the smaller side (at least 4) moved by half its width."""
+    if patch is None:
+        patch = demo.patch if demo is not None else max(4, round(min(size) / 7))
+    if stride is None:
+        stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
+    return patch, stride
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from torch import nn
 
 from krypton.io.preprocess import Preprocess
 from krypton.models.errors import ModelError
-from krypton.models.graph import finish
-from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
+from krypton.models.exported import finish
+from krypton.models.loaded import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 

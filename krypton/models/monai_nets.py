@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from krypton.models.errors import ModelError
-from krypton.models.graph import ONE_LOGIT_NOTE
-from krypton.models.spec import LoadedModel, binary_names
+from krypton.models.exported import ONE_LOGIT_NOTE
+from krypton.models.loaded import LoadedModel, binary_names
 
 PREFIX = "monai:"
 ARCHITECTURES = ("densenet121", "densenet169", "resnet10", "resnet18", "resnet34", "resnet50")

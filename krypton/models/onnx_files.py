@@ -9,14 +9,15 @@ for an explanation, so those computations are folded to constants first (batch k
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from krypton.io.preprocess import Preprocess
 from krypton.models.errors import ModelError
-from krypton.models.graph import ChannelsLast, finish
-from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
+from krypton.models.exported import ChannelsLast, finish
+from krypton.models.loaded import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Identity", "Mul", "Add", "Sub", "Div",
             "ReduceProd", "Constant", "Shape"}  # fmt: skip
@@ -73,23 +74,24 @@ def fold_shapes(model, input_dims: list[int]):  # noqa: ANN001, ANN201 - onnx.Mo
     bypass_identities(graph)
     initializers = {i.name for i in graph.initializer}
     image = next(i for i in graph.input if i.name not in initializers)
-    for dim, value in zip(image.type.tensor_type.shape.dim, input_dims):
+    for dim, size in zip(image.type.tensor_type.shape.dim, input_dims):
         dim.Clear()
-        dim.dim_value = value
+        dim.dim_value = size
     try:
         inferred = onnx.shape_inference.infer_shapes(model).graph
     except Exception:  # shape inference is best effort; without it nothing is folded
         return model
-    shapes = {}
+    shapes: dict[str, list[int]] = {}
     for info in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
         dims = info.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[info.name] = [d.dim_value for d in dims]
-    known = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    known: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     computed: set[str] = set()
     for node in graph.node:
         if node.op_type not in FOLDABLE:
             continue
+        value: np.ndarray | None
         try:
             value = _evaluate(node, known, shapes)
         except Exception:  # anything unusual stays unfolded: onnx2torch will still try it
@@ -149,7 +151,7 @@ def _constant_reshapes(module: torch.fx.GraphModule) -> None:
 
 
 def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
-    value = module
+    value: Any = module
     for part in target.split("."):
         value = getattr(value, part)
     return value
@@ -167,10 +169,10 @@ def _evaluate(node, known: dict, shapes: dict) -> np.ndarray | None:  # noqa: AN
         if shape is None:
             return None
         return np.asarray(shape[attrs.get("start", 0) : attrs.get("end", len(shape))], dtype=np.int64)
-    args = [known.get(name) if name else None for name in node.input]
+    args: list[Any] = [known.get(name) if name else None for name in node.input]
     if any(a is None for a, name in zip(args, node.input) if name):
         return None
-    x = args[0]
+    x: Any = args[0]
     op = node.op_type
     if op == "Gather":
         return np.take(x, args[1], axis=attrs.get("axis", 0))
@@ -189,7 +191,7 @@ def _evaluate(node, known: dict, shapes: dict) -> np.ndarray | None:  # noqa: AN
         axes = attrs.get("axes", args[1] if len(args) > 1 else None)
         if op == "Squeeze":
             return np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in axes))
-        for axis in sorted(int(a) for a in axes):
+        for axis in sorted(int(a) for a in axes or ()):
             x = np.expand_dims(x, axis)
         return x
     if op == "Identity":
@@ -275,7 +277,7 @@ def bypass_identities(graph) -> None:  # noqa: ANN001 - onnx.GraphProto
     Identities that produce a graph output are kept (the output name must survive).
     """
     outputs = {o.name for o in graph.output}
-    alias = {}
+    alias: dict[str, str] = {}
     for node in graph.node:
         if node.op_type == "Identity" and node.output[0] not in outputs:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])

@@ -16,8 +16,8 @@ from torch import nn
 
 from krypton.io.preprocess import IMAGENET, Preprocess
 from krypton.models.errors import ModelError
-from krypton.models.graph import ONE_LOGIT_NOTE, ChannelsLast, clean, finish
-from krypton.models.spec import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
+from krypton.models.exported import ONE_LOGIT_NOTE, ChannelsLast, clean, finish
+from krypton.models.loaded import UNKNOWN_PREPROCESSING_NOTE, LoadedModel, binary_names
 
 INPUT_SIZE = {"inception_v3": 299, "googlenet": 224}  # torchvision's native sizes, 224 unless listed
 PICKLE_HELP = (
@@ -96,7 +96,7 @@ def load_torchvision(arch: str, weights: str | Path | None) -> LoadedModel:
         _load_state(model, state, arch, weights)
     size = INPUT_SIZE.get(arch, 224)
     names = _imagenet_classes() if classes in (None, 1000) else binary_names(classes)
-    pre = Preprocess((size, size), 3, resize="crop", **IMAGENET)
+    pre = Preprocess((size, size), 3, mean=IMAGENET["mean"], std=IMAGENET["std"], resize="crop")
     note = [] if state is not None else ["random weights: the explanation shows an untrained model"]
     if classes == 1:
         note.append(ONE_LOGIT_NOTE)

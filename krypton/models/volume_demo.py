@@ -57,9 +57,10 @@ def make_volume(rng: np.random.Generator, present: bool) -> tuple[np.ndarray, tu
 
     noise = ndimage.gaussian_filter(rng.normal(size=(SIZE, SIZE, SIZE)), 2.0)
     noise = (noise - noise.min()) / (noise.max() - noise.min()) * 0.6
-    centre = None
+    centre: tuple[int, int, int] | None = None
     if present:
-        centre = tuple(int(c) for c in rng.integers(6, SIZE - 6, 3))
+        x, y, z = (int(c) for c in rng.integers(6, SIZE - 6, 3))
+        centre = (x, y, z)
         grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
         distance = sum((grid[a] - centre[a]) ** 2 for a in range(3))
         noise = noise + 0.5 * np.exp(-distance / (2 * 2.5**2))

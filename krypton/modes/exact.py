@@ -67,7 +67,7 @@ def run_exact(
     on_batch: Callable[[np.ndarray, torch.Tensor], None] | None = None,
     tail_batch: int | None = None,
     collector: Collector | None = None,
-    base: dict | None = None,
+    clean: dict | None = None,
 ) -> ExactResult:
     """Outputs for every occlusion by incremental inference, in the occlusions' order.
 
@@ -75,13 +75,13 @@ def run_exact(
     `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
     The plan's shared tail runs on up to `tail_batch` positions at once (several batches' heads);
     with `on_batch` it runs per batch, so partial results arrive as soon as possible. A `collector`
-    (shared with other runs over the same occlusions) and the clean pass `base` may be passed in.
+    (shared with other runs over the same occlusions) and the clean pass `clean` may be passed in.
     """
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
-    base = base if base is not None else materialize(graph, occlusions.image)
+    clean = clean if clean is not None else materialize(graph, occlusions.image)
     groups = groups if groups is not None else batches(plan, batch_size)
-    runner = IncrementalRunner(plan, base, occlusions.image_delta(), groups)
+    runner = IncrementalRunner(plan, clean, occlusions.occluded_input(), groups)
     live = on_batch is not None or (collector is not None and collector.on_batch is not None)
     tail_batch = 1 if live else tail_batch or auto_tail_batch(runner)
     collector = collector or Collector(occlusions.count, progress, on_batch)
@@ -126,7 +126,7 @@ def self_check(
     if not len(among):
         return None
     index = np.unique(among[np.linspace(0, len(among) - 1, samples).astype(np.int64)])
-    images = occlusions.materialize(index)
+    images = occlusions.images(index)
     reference = model(images)
     got = outputs[torch.from_numpy(index).to(outputs.device)]
     scale = float(reference.abs().max()) + 1e-6

@@ -34,5 +34,5 @@ def run_naive(
     collector = Collector(occlusions.count, progress, on_batch)
     for first in range(0, occlusions.count, batch_size):
         index = order[first : first + batch_size]
-        collector.add(index, model(occlusions.materialize(index, cache)))
+        collector.add(index, model(occlusions.images(index, cache)))
     return collector.result()

@@ -10,7 +10,7 @@ import torch
 
 from krypton.box import Boxes
 from krypton.engine.gather import PaddedCache, read_window
-from krypton.engine.incremental import ImageDelta, Occluder
+from krypton.engine.incremental import OccludedInput, Occluder
 
 
 @dataclass
@@ -31,20 +31,20 @@ class Occlusions:
     def boxes(self) -> Boxes:
         return Boxes.make(self.lo, self.hi, tuple(self.image.shape[1:]))
 
-    def image_delta(self) -> ImageDelta:
-        return ImageDelta(self.image, self.lo, self.hi, self.patch, self.baseline, self.occluder)
+    def occluded_input(self) -> OccludedInput:
+        return OccludedInput(self.image, self.lo, self.hi, self.patch, self.baseline, self.occluder)
 
     def subset(self, rows: np.ndarray) -> Occlusions:
         """The same occlusions at some positions only."""
         return Occlusions(self.image, self.lo[rows], self.hi[rows], self.patch, self.baseline, self.occluder)
 
-    def materialize(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
-        """The occluded images themselves (B, C, H, W), for full re-inference."""
+    def images(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
+        """The occluded inputs themselves (B, C, *spatial), for full re-inference."""
         cache = cache or PaddedCache()
-        delta = self.image_delta().delta(index, cache)
+        occluded = self.occluded_input().window(index, cache)
         body = tuple(self.image.shape[1:])
         start = np.zeros((len(index), len(body)), dtype=np.int64)
-        images = read_window(self.image, delta, start, body, 0.0, cache)
+        images = read_window(self.image, occluded, start, body, 0.0, cache)
         return images.contiguous(memory_format=_layout(self.image))  # the model sees the caller's layout
 
 

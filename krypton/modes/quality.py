@@ -41,6 +41,6 @@ def rendered_ssim(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np
     for heat in (reference, other):
         values = np.asarray(heat.detach().cpu() if isinstance(heat, torch.Tensor) else heat, dtype=np.float64)
         rgb = colormaps["jet_r"](np.clip((values - low) / span, 0.0, 1.0))[..., :3]
-        picture = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize((size, size), Image.NEAREST)
+        picture = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
         images.append(np.asarray(picture, dtype=np.float64) / 255.0)
     return float(structural_similarity(images[0], images[1], data_range=1.0, channel_axis=-1))

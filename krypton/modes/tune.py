@@ -243,5 +243,6 @@ def drilldown_for(speedup: float, fraction: float, stride: int | tuple[int, int]
 
     stride = _validate.pair("stride", stride)
     settings = parse_drilldown({"fraction": fraction, "speedup": speedup})
+    assert settings is not None  # a dict always parses to settings
     s1 = coarse_stride(settings, stride)
     return Drilldown(fraction, speedup, s1), predicted_speedup(s1, stride, fraction)

@@ -25,7 +25,7 @@ def animate(explanation: Any, path: str | Path, image: Any = None, *, frames: in
     from krypton.outputs.maps import colour_limit, overlay_rgba
     from krypton.outputs.render import display_pixels
 
-    if getattr(explanation, "rank", 2) != 2:
+    if explanation.rank != 2:
         raise ValueError("animate draws 2-D image explanations; volumes and signals have their own pictures")
     path = Path(path)
     suffix = path.suffix.lower()
@@ -33,13 +33,14 @@ def animate(explanation: Any, path: str | Path, image: Any = None, *, frames: in
         raise ValueError(f"cannot animate to {path.name}: use .gif (or .mp4 with imageio-ffmpeg installed)")
     if not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an int >= 2, got {frames!r}")
-    pixels = display_pixels(image if image is not None else getattr(explanation, "display_image", None))
+    pixels = display_pixels(image if image is not None else explanation.display_image)
     h, w = explanation.image_size
     if pixels is None:
         pixels = np.full((h, w, 3), 0.5)
     factor = SIDE / max(h, w)
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    base = Image.fromarray((pixels * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR).convert("RGBA")
+    picture = Image.fromarray((pixels * 255).round().astype(np.uint8))
+    base = picture.resize(size, Image.Resampling.BILINEAR).convert("RGBA")
     corners = explanation.positions.reshape(-1, 2).numpy()
     drop = (explanation.probability - explanation.heatmap.double()).numpy().reshape(-1)
     limit = colour_limit(explanation, scale)
@@ -52,7 +53,7 @@ def animate(explanation: Any, path: str | Path, image: Any = None, *, frames: in
     pictures += [pictures[-1]] * max(1, fps)  # hold the finished map for a second
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        first, *rest = [p.convert("P", palette=Image.ADAPTIVE) for p in pictures]
+        first, *rest = [p.convert("P", palette=Image.Palette.ADAPTIVE) for p in pictures]
         first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
         return path
     try:

@@ -38,8 +38,8 @@ def _plain(value: Any) -> Any:
 
 def summary(explanation: Any, class_names: list[str] | None = None, top: int = 5) -> dict[str, Any]:
     """The explanation's metadata as a JSON-ready dict (target, label, probability, top classes, settings)."""
-    class_names = class_names if class_names is not None else getattr(explanation, "class_names", None)
-    probs = probabilities(explanation.base)
+    class_names = class_names if class_names is not None else explanation.class_names
+    probs = probabilities(explanation.clean_scores)
     best = torch.argsort(probs, descending=True)[:top].tolist()
     heat = explanation.heatmap
     return {
@@ -61,15 +61,15 @@ def summary(explanation: Any, class_names: list[str] | None = None, top: int = 5
 
 
 def raw_arrays(explanation: Any) -> dict[str, np.ndarray]:
-    """The arrays of a raw result file: scores, base, positions, heatmap, drop map (and drilled cells)."""
+    """The arrays of a raw result file: scores, clean_scores, positions, heatmap, drop map (and drilled cells)."""
     arrays = {
         "scores": explanation.scores.numpy(),
-        "base": explanation.base.numpy(),
+        "clean_scores": explanation.clean_scores.numpy(),
         "positions": explanation.positions.numpy(),
         "heatmap": explanation.heatmap.numpy(),
         "drop_map": drop_map(explanation).astype(np.float32),
     }
-    drilled = getattr(explanation, "drilled", None)
+    drilled = explanation.drilled
     if drilled is not None:
         arrays["drilled"] = drilled.numpy()
     return arrays
@@ -78,12 +78,12 @@ def raw_arrays(explanation: Any) -> dict[str, np.ndarray]:
 def save_raw(
     explanation: Any, stem: str | Path, class_names: list[str] | None = None, meta: dict[str, Any] | None = None
 ) -> tuple[Path, Path]:
-    """Write STEM.npz (scores, base, positions, heatmap, drop map) and STEM.json (summary + meta)."""
+    """Write STEM.npz (scores, clean_scores, positions, heatmap, drop map) and STEM.json (summary + meta)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     arrays = raw_arrays(explanation)
     npz = stem.with_name(stem.name + ".npz")
-    np.savez_compressed(npz, **arrays)
+    np.savez_compressed(npz, **arrays)  # type: ignore[arg-type]  # numpy stub mistypes **arrays
     info = summary(explanation, class_names)
     info["arrays"] = {k: list(v.shape) for k, v in arrays.items()}
     if meta:

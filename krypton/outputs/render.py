@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from krypton.choices import STYLES
 from krypton.outputs.maps import (  # noqa: F401 - re-exported: render's public names
     AUTO_FLOOR,
     caption,
@@ -30,7 +31,6 @@ from krypton.outputs.maps import (  # noqa: F401 - re-exported: render's public 
 )
 from krypton.scores import probabilities
 
-STYLES = ("overlay", "paper")
 FIGSIZE = (10.0, 5.2)  # inches; with DPI gives the PNG size in pixels
 DPI = 100
 
@@ -58,7 +58,7 @@ def display_pixels(image: Any) -> np.ndarray | None:
 
 def title(explanation: Any, class_names: list[str] | None) -> str:
     target = explanation.target
-    probs = probabilities(explanation.base)
+    probs = probabilities(explanation.clean_scores)
     top = int(probs.argmax())
     text = f"{label_of(target, class_names)}  (p = {explanation.probability:.3f})"
     if top != target:
@@ -88,9 +88,9 @@ def plot(
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     limit = colour_limit(explanation, scale)
-    class_names = class_names if class_names is not None else getattr(explanation, "class_names", None)
-    shown = image if image is not None else getattr(explanation, "display_image", None)
-    if getattr(explanation, "rank", 2) != 2:  # signals and volumes have their own pictures
+    class_names = class_names if class_names is not None else explanation.class_names
+    shown = image if image is not None else explanation.display_image
+    if explanation.rank != 2:  # signals and volumes have their own pictures
         return _plot_other_rank(explanation, shown, limit, class_names, name, scale)
     pixels = display_pixels(shown)
     fig = Figure(figsize=FIGSIZE, dpi=DPI)

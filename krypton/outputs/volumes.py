@@ -36,7 +36,7 @@ def plot_volume(  # noqa: ANN201 - matplotlib.figure.Figure, imported lazily
     mappable = None
     for axis in range(3):
         ax = fig.add_subplot(grid[0, axis])
-        index = [slice(None)] * 3
+        index: list[slice | int] = [slice(None)] * 3
         index[axis] = int(peak[axis])
         mappable = _overlay(ax, shown[tuple(index)], drop[tuple(index)], limit, alpha)
         ax.set_title(f"{names[axis]} = {peak[axis]} (peak drop)", fontsize=9)
@@ -49,6 +49,7 @@ def plot_volume(  # noqa: ANN201 - matplotlib.figure.Figure, imported lazily
         _overlay(ax, shown[z], drop[z], limit, alpha)
         ax.set_title(f"slice {z}", fontsize=8)
     bar = fig.add_axes((0.94, 0.25, 0.015, 0.5))
+    assert mappable is not None
     fig.colorbar(mappable, cax=bar).set_label("drop in P(target) when occluded", fontsize=9)
     fig.suptitle(head, fontsize=12)
     fig.text(0.5, 0.01, foot, ha="center", va="bottom", fontsize=9, color="0.25")

@@ -143,7 +143,7 @@ def load(digest: str) -> Any | None:
 
 def bind_weights(module: torch.fx.GraphModule, model: nn.Module) -> None:
     """Point the loaded module's parameters and buffers at the live model's tensors (no copies)."""
-    live = dict(model.named_parameters(remove_duplicate=False))
+    live: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     live.update(dict(model.named_buffers(remove_duplicate=False)))
     for name, _ in list(module.named_parameters(remove_duplicate=False)) + list(
         module.named_buffers(remove_duplicate=False)

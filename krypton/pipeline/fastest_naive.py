@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from krypton.engine.gather import PaddedCache
+from krypton.modes.naive import DEFAULT_BATCH
 from krypton.modes.occlusions import Collector, Occlusions
 from krypton.pipeline import guard
 
-DEFAULT_BATCH = 16
 MAX_BATCH = 256
 SMALL_BATCH_S = 0.02  # a batch faster than this is mostly overhead: make batches larger
 LAYOUT_TRIAL_S = 1.0  # compare both layouts only when the rest of the run takes longer than this
@@ -53,9 +53,9 @@ class FastestNaive:
             index = pending[first : first + self.batch_size]
             first += len(index)
             count += 1
-            trial = self._trial is not None
-            seconds = self._batch(index, self._trial if trial else self.layout) / len(index)
-            if trial:
+            trial = self._trial
+            seconds = self._batch(index, trial if trial is not None else self.layout) / len(index)
+            if trial is not None:
                 self._trial_step(seconds)
             elif self._batches > 1:  # the first batch warms up allocators and kernels
                 self.seconds_per_position = seconds
@@ -64,7 +64,7 @@ class FastestNaive:
                 self.seconds_per_position = seconds  # a pessimistic first figure
 
     def _batch(self, index: np.ndarray, layout: str) -> float:
-        images = self.occ.materialize(index, self.cache)
+        images = self.occ.images(index, self.cache)
         wanted = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         images = images.contiguous(memory_format=wanted)
         started = time.perf_counter()
@@ -89,7 +89,7 @@ class FastestNaive:
         self._trial_batches += 1
         if self._trial_batches < 2:
             return
-        if seconds < (self.seconds_per_position or float("inf")):
+        if self._trial is not None and seconds < (self.seconds_per_position or float("inf")):
             self.layout, self.seconds_per_position = self._trial, seconds
         self._trial = None
 

@@ -93,12 +93,24 @@ def evaluate(
 class _Run:
     """State of one evaluation: what is done, what each path measured, the record being written."""
 
-    def __init__(self, model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean):
+    def __init__(
+        self,
+        model: nn.Module,
+        occ: Occlusions,
+        mode: str,
+        tau: float,
+        batch_size: int | None,
+        path: str,
+        progress: Callable[[int], None] | None,
+        on_batch: Callable[[np.ndarray, torch.Tensor], None] | None,
+        levels: np.ndarray | None,
+        clean: torch.Tensor | None,
+    ) -> None:
         self.model, self.occ, self.mode, self.tau = model, occ, mode, tau
         self.batch_size, self.path, self.progress, self.clean = batch_size, path, progress, clean
         self.collector = Collector(occ.count, progress, on_batch)
         self.levels = None if levels is None else np.asarray(levels)
-        self.todo = np.arange(occ.count) if levels is None else np.argsort(self.levels, kind="stable")
+        self.todo = np.arange(occ.count) if levels is None else np.argsort(np.asarray(levels), kind="stable")
         self.naive = FastestNaive(model, occ, self.collector, batch_size)
         self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
         self.incremental_done: list[np.ndarray] = []
@@ -122,16 +134,16 @@ class _Run:
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
                     f"having the graph (~{estimate:.2g} s)"
                 )
-        announce = self.on_phase is not None and graphs.in_memory(self.model, self.occ.image) is None
-        if announce:
-            self.on_phase("capturing the model graph")
+        on_phase = self.on_phase if graphs.in_memory(self.model, self.occ.image) is None else None
+        if on_phase is not None:
+            on_phase("capturing the model graph")
         try:
             found = graphs.graph_for(self.model, self.occ.image, self.clean)
         except CaptureError as exc:
             return self._fail(str(exc))
         finally:
-            if announce:
-                self.on_phase(None)
+            if on_phase is not None:
+                on_phase(None)
         self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
         try:
             plan = plan_for(found.graph, self.occ, approximation(self.tau, self.gates))
@@ -150,18 +162,18 @@ class _Run:
             return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
         size = self.batch_size or auto_batch(plan)
         groups = self._groups(plan, size)
-        base = None
+        clean_pass = None
         try:
             if self.path == "auto" and limit < CALIBRATE_BELOW and len(groups) > 3:
-                base, groups = self._calibrate(graph, plan, size, groups, limit)
+                clean_pass, groups = self._calibrate(graph, plan, size, groups, limit)
                 if groups is None:
                     return self._finish(checked=True)
             elif self.path == "auto" and limit < CALIBRATE_BELOW:
-                base, groups = self._trial(graph, plan, size, limit)
+                clean_pass, groups = self._trial(graph, plan, size, limit)
                 if groups is None:
                     return self._finish(checked=True)
             if groups:
-                self._incremental(graph, plan, size, groups, base)
+                self._incremental(graph, plan, size, groups, clean_pass)
         except Exception as exc:  # a rule that cannot run on this batch: answer anyway, in full
             return self._fail(f"incremental inference failed ({exc})")
         if not self.stats.reason:
@@ -177,10 +189,10 @@ class _Run:
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
         from krypton.engine.materialize import materialize
 
-        base = materialize(graph, self.occ.image)
-        self._incremental(graph, plan, size, warm, base)
+        clean_pass = materialize(graph, self.occ.image)
+        self._incremental(graph, plan, size, warm, clean_pass)
         started = time.perf_counter()
-        self._incremental(graph, plan, size, timed, base)
+        self._incremental(graph, plan, size, timed, clean_pass)
         per_position = (time.perf_counter() - started) / max(1, sum(len(g) for g in timed))
         naive = self.naive.seconds_per_position
         if naive is not None and per_position > naive:
@@ -190,12 +202,12 @@ class _Run:
             )
             self._check_incremental()
             self.naive.run(self._remaining())
-            return base, None
+            return clean_pass, None
         if naive is not None:
             self.stats.reason = (
                 f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms"
             )
-        return base, rest
+        return clean_pass, rest
 
     def _trial(self, graph, plan, size, limit):
         """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
@@ -216,8 +228,8 @@ class _Run:
             return None, None
         trial = np.sort(remaining[:TRIAL_POSITIONS])
         started = time.perf_counter()
-        base = materialize(graph, self.occ.image)
-        self._incremental(graph, plan, size, [trial], base)
+        clean_pass = materialize(graph, self.occ.image)
+        self._incremental(graph, plan, size, [trial], clean_pass)
         per_position = (time.perf_counter() - started) / len(trial)
         naive = self.naive.seconds_per_position
         verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
@@ -227,11 +239,11 @@ class _Run:
             self.stats.reason += f" (plan predicted {limit:.2f}x at best): naive finishes the run"
             self._check_incremental()
             self.naive.run(self._remaining())
-            return base, None
-        return base, self._groups(plan, size)
+            return clean_pass, None
+        return clean_pass, self._groups(plan, size)
 
-    def _incremental(self, graph, plan, size, groups, base) -> None:
-        result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, base=base)
+    def _incremental(self, graph, plan, size, groups, clean_pass) -> None:
+        result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, clean=clean_pass)
         self.stats.macs = (self.stats.macs or 0.0) + result.macs
         self.stats.batch_size = result.batch_size
         self.incremental_done.extend(groups)
@@ -276,6 +288,7 @@ class _Run:
             return True
         index = np.concatenate(self.incremental_done)
         outputs = self.collector.outputs
+        assert outputs is not None  # incremental positions were collected
         if self.tau >= 1 and not self.gates:
             with guard.shared(), torch.no_grad():
                 worst = self_check(self.model, self.occ, outputs, among=index)

@@ -6,7 +6,6 @@ softmax over an axis) → `reduction` (global pooling).
 """
 
 from krypton.rules import pointwise, reduction, resample, shape, window  # noqa: F401  (fills RULES)
-from krypton.rules.registry import FULL, RULES, Frame, Rule, Site, lookup
-from krypton.rules.shape import Unsupported
+from krypton.rules.registry import FULL, RULES, Changes, Computed, Frame, Rule, Site, Unsupported, lookup
 
-__all__ = ["FULL", "RULES", "Frame", "Rule", "Site", "Unsupported", "lookup"]
+__all__ = ["FULL", "RULES", "Changes", "Computed", "Frame", "Rule", "Site", "Unsupported", "lookup"]

@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from krypton.box import Boxes, Window, union_all
-from krypton.rules.registry import Frame, Rule, Site, call_op, register, register_family
+from krypton.rules.registry import Changes, Computed, Frame, Rule, Site, call_op, register, register_family
 
 aten = torch.ops.aten
 
@@ -65,31 +65,31 @@ class Pointwise(Rule):
     precise = True
     exact = True
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         out = site.body()
         mapped = []
         for node in site.call.inputs:
             box = _box_of(boxes, site, node)
             if box is not None:
                 mapped.append(broadcast_box(box, site.body(node), out))
-        return union_all(mapped, out)
+        return (union_all(mapped, out),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         out = site.body()
         args = {}
         for name, value in site.args.items():
             args[name] = self._read(site, frame, window, value, out)
-        return call_op(site.call.target, args)
+        return (call_op(site.call.target, args),)
 
-    def _read(self, site: Site, frame: Frame, window: Window, value: Any, out: tuple) -> Any:
+    def _read(self, site: Site, frame: Frame, window: Window, value: Any, out: tuple[int, ...]) -> Any:
         if not isinstance(value, fx.Node):
             return value
         shape = site.shape(value)
         if shape is None or len(shape) == 0:
-            return frame.base(value)
+            return frame.clean(value)
         full_rank = (1,) * (len(out) + 1 - len(shape)) + tuple(shape)
         if all(s == 1 for s in full_rank[1:]):  # a per-batch scalar or plain constant
-            return frame.base(value).reshape(full_rank)
+            return frame.clean(value).reshape(full_rank)
         start, size = window_for_input(window, full_rank[1:], out)
         return frame.assemble(value, start, size)
 
@@ -108,55 +108,57 @@ def _box_of(boxes: dict[str, Any], site: Site, node: fx.Node) -> Boxes | None:
 POINTWISE = register_family(is_pointwise, Pointwise())
 
 
-class BatchNormEval(Pointwise):
-    """Batch norm with running statistics: element-wise per channel; channels read whole.
+class Normalisation(Rule):
+    """Normalisation with statistics over some axes, applied element-wise elsewhere: a change anywhere
+    in a normalised group changes the whole group, so windows span the normalised axes.
 
-    NB: only output 0 is computed in windows; the planner sends the call to the full-recompute rule
-    when the saved statistics (outputs 1, 2) are used.
+    Only output 0 is computed in windows (`primary_output_only`): the planner sends the call to the
+    full-recompute rule when the saved statistics (outputs 1, 2) are read.
     """
 
-    name = "batch_norm_eval"
     precise = True
+    exact = True
     primary_output_only = True
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> tuple:
+    def normalised_axes(self, site: Site) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["input"]
         if box is None:
             return (None, None, None)
-        return (box.widen((0,), site.body()), None, None)
+        return (box.widen(self.normalised_axes(site), site.body(site.args["input"])), None, None)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
-        return (0,)
+        return self.normalised_axes(site)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> tuple:
-        x = frame.assemble(site.args["input"], window.start, window.size)
-        args = {k: frame.base(v) for k, v in site.args.items()}
-        args["input"] = x
-        return call_op(site.call.target, args)
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
+        args = {k: frame.clean(v) for k, v in site.args.items()}
+        args["input"] = frame.assemble(site.args["input"], window.start, window.size)
+        return (call_op(site.call.target, args)[0], None, None)
+
+
+class BatchNormEval(Normalisation):
+    """Batch norm with running statistics: per channel, so channels are read whole."""
+
+    name = "batch_norm_eval"
+
+    def normalised_axes(self, site: Site) -> tuple[int, ...]:
+        return (0,)
 
 
 register(aten._native_batch_norm_legit_no_training.default, BatchNormEval())
 
 
-class LayerNorm(BatchNormEval):
-    """Layer norm over the trailing axes: element-wise elsewhere; normalised axes read whole."""
+class LayerNorm(Normalisation):
+    """Layer norm over the trailing `normalized_shape` axes."""
 
     name = "layer_norm"
-    precise = True
 
-    def _axes(self, site: Site) -> tuple[int, ...]:
+    def normalised_axes(self, site: Site) -> tuple[int, ...]:
         nd = len(site.shape(site.args["input"])) - 1
         k = len(site.args["normalized_shape"])
         return tuple(range(nd - k, nd))
-
-    def forward(self, site: Site, boxes: dict[str, Any]) -> tuple:
-        box = boxes["input"]
-        if box is None:
-            return (None, None, None)
-        return (box.widen(self._axes(site), site.body(site.args["input"])), None, None)
-
-    def full_axes(self, site: Site) -> tuple[int, ...]:
-        return self._axes(site)
 
 
 register(aten.native_layer_norm.default, LayerNorm())

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from krypton.box import Boxes, Window
-from krypton.rules.registry import FULL, Frame, Rule, Site, register
-from krypton.rules.shape import Unsupported
+from krypton.rules.registry import FULL, Changes, Computed, Frame, Rule, Site, Unsupported, register
 
 aten = torch.ops.aten
 
@@ -45,25 +44,21 @@ class Reduce(Rule):
             return list(range(nd)), reduced
         return [a for a in range(nd) if a not in reduced], reduced
 
-    def precise_for(self, site: Site) -> bool:
-        return site.args.get("dtype") is None
+    def applies(self, site: Site) -> bool:
+        return site.args.get("dtype") is None  # a cast inside the sum: computed whole
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
-        if site.args.get("dtype") is not None:
-            return FULL.forward(site, boxes)
+            return (None,)
         kept, reduced = self._kept(site)
         lo, hi = box.lo[:, kept].copy(), box.hi[:, kept].copy()
         for j, a in enumerate(kept):
             if a in reduced:
                 lo[:, j], hi[:, j] = 0, 1
-        return Boxes.make(lo, hi * box.nonempty[:, None], site.body())
+        return (Boxes.make(lo, hi * box.nonempty[:, None], site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
-        if site.args.get("dtype") is not None:
-            return FULL.compute(site, frame, window)
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         x = site.args["self"]
         kept, reduced = self._kept(site)
         source = frame.window_of(x)
@@ -77,7 +72,7 @@ class Reduce(Rule):
         delta = (occluded - clean).sum(dim=[a + 1 for a in reduced], keepdim=site.args["keepdim"])
         if self.mean:
             delta = delta / int(np.prod([site.body(x)[a] for a in reduced]))
-        return frame.assemble(site.call.node, window.start, window.size, clean=True) + delta
+        return (frame.assemble(site.call.node, window.start, window.size, clean=True) + delta,)
 
 
 register(aten.mean.dim, Reduce(mean=True))
@@ -107,26 +102,26 @@ class RowLinear(Rule):
     def _last(self, site: Site) -> int:
         return len(site.body()) - 1
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["input"]
         if box is None:
-            return FULL.forward(site, boxes)
+            return FULL.forward(site, boxes)  # only the weights changed: never for images
         out = site.body()
         lo, hi = box.lo.copy(), box.hi.copy()
         lo[:, -1], hi[:, -1] = 0, out[-1]
-        return Boxes.make(lo, hi * box.nonempty[:, None], out)
+        return (Boxes.make(lo, hi * box.nonempty[:, None], out),)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return (self._last(site),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         x = site.args["input"]
         start = window.start.copy()
         size = list(window.size)
         size[-1] = site.body(x)[-1]
         inputs = frame.assemble(x, start, tuple(size))
         bias = site.args["bias"]
-        return aten.linear(inputs, frame.base(site.args["weight"]), None if bias is None else frame.base(bias))
+        return (aten.linear(inputs, frame.clean(site.args["weight"]), None if bias is None else frame.clean(bias)),)
 
     def macs_per_element(self, site: Site) -> int:
         return int(site.shape(site.args["weight"])[-1])

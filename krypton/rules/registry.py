@@ -1,11 +1,19 @@
 """The rule table: one record per op, holding both directions of its geometry and its execution.
 
-A rule answers three questions about one call:
-- `forward(site, boxes)`: given where each tensor input changed (a `Boxes` or None), where can the
-  output change? (the paper's Eqs. 13-14, generalised);
-- `full_axes(site)`: which output axes a computed window must always span (channels of a conv);
-- `compute(site, frame, window)`: compute the output inside `window` for a batch, reading each input's
-  context through `frame.assemble` (the paper's Eqs. 15-19).
+The contract, per call of an op (a `Site`):
+- `applies(site)`: the one decision whether this rule handles this call precisely. The planner asks it
+  once; when it says no, `FULL`'s forward and compute stand in (this rule still counts the MACs), so
+  `forward` and `compute` never re-test it. A call the engine cannot batch at all raises `Unsupported`.
+- `forward(site, boxes) -> Changes`: given where each tensor input changed (`Boxes` or None per
+  argument), where each output can change - one entry per output, even for one-output ops (the
+  paper's Eqs. 13-14, generalised);
+- `full_axes(site)`: which axes of output 0 a computed window must always span (channels of a conv);
+- `compute(site, frame, window) -> Computed`: each output's values inside `window` for a batch, reading
+  inputs through `frame.assemble` (the paper's Eqs. 15-19); outputs the rule does not compute are None;
+- `macs_per_element(site)`: the cost model shared by `analyze` and execution.
+Declared flags: `precise` (the default answer of `applies`), `exact` (forward's box is tight: the
+registry-driven tightness test checks every cell in it can change) and `primary_output_only` (only
+output 0 is computed in windows: the planner uses `FULL` when another output is read).
 
 Lookup is `lookup(op)`: the table, then ops tagged `pointwise`, then `FULL` - the sound default
 that recomputes the whole output whenever any input changed.
@@ -23,6 +31,15 @@ from torch import fx
 from krypton.box import Boxes, Window
 from krypton.capture import Call
 
+# Where each output of a call can change, one entry per output (None: that output never changes).
+Changes = tuple[Boxes | None, ...]
+# Each output's values inside a batch's window, one entry per output (None: not computed).
+Computed = tuple[torch.Tensor | None, ...]
+
+
+class Unsupported(Exception):
+    """The graph does something the engine cannot batch (e.g. moves the batch axis): run naive instead."""
+
 
 @dataclass
 class Site:
@@ -39,9 +56,7 @@ class Site:
     def shape(self, node: fx.Node | None = None) -> tuple[int, ...]:
         """Full shape of `node` (default: this call's output; output 0 of a multi-output op)."""
         shape = self.shapes[node if node is not None else self.call.node]
-        if shape and isinstance(shape[0], tuple):
-            return shape[0]
-        return shape
+        return shape[0] if is_multi_output(shape) else shape
 
     def body(self, node: fx.Node | None = None) -> tuple[int, ...]:
         """Shape without the batch axis: the axes boxes live on."""
@@ -54,45 +69,62 @@ class Frame(Protocol):
     batch: int
 
     def assemble(
-        self, node: fx.Node, start: Any, size: tuple[int, ...], pad_value: float = 0.0
+        self,
+        node: fx.Node,
+        start: np.ndarray,
+        size: tuple[int, ...],
+        pad_value: float = 0.0,
+        clean: bool = False,
+        output: int = 0,
     ) -> torch.Tensor:
-        """Values of `node` for every item over a window (B, *size); outside the tensor: pad_value."""
+        """Values of output `output` of `node` for every item over a window (B, *size): the batch's
+        computed values where it has them, the clean run's elsewhere (only the clean run's when
+        `clean`); cells outside the tensor read `pad_value`."""
+        ...
 
-    def base(self, node: Any) -> Any:
+    def clean(self, value: Any) -> Any:
         """The clean (batch-1) value of a node, or a non-tensor argument unchanged."""
+        ...
 
     def whole(self, node: fx.Node) -> torch.Tensor:
         """The whole tensor for every item (B, ...); constants come back as they are."""
+        ...
 
     def window_of(self, node: fx.Node) -> Window:
         """Where this batch computed `node` (the window of its changed values)."""
+        ...
 
 
 class Rule:
     """Base rule: recompute everything when anything changed (always correct)."""
 
-    name = "full"
-    precise = False  # False: the output is recomputed whole whenever an input changed
-    exact = False  # True when forward's box is tight (used by the tightness tests)
+    name: str = "full"
+    precise: bool = False  # False: the output is recomputed whole whenever an input changed
+    exact: bool = False  # forward's box is tight (checked by tests/test_rule_tightness.py)
+    primary_output_only: bool = False  # computes output 0 only; other outputs must be unread
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Any:
+    def applies(self, site: Site) -> bool:
+        """Whether this call is handled precisely (False: `FULL` stands in for forward and compute)."""
+        return self.precise
+
+    def tight(self, site: Site) -> bool:
+        """Whether forward's box is tight at this call (the declared `exact`, unless a site says less)."""
+        return self.exact
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         changed = _any_changed(boxes)
         if changed is None:
-            return None
+            return _unchanged(site)
         return _full_like(site, changed)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return ()
 
-    def precise_for(self, site: Site) -> bool:
-        """Whether this call gets a precise window (False: recomputed whole when an input changed)."""
-        return self.precise
-
     def spatial_axes(self, site: Site) -> tuple[int, ...]:
         """Axes along which the op's receptive field grows (where projective-field thresholding cuts)."""
         return ()
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> Any:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         """Run the op on whole, batched inputs; `window` is the whole tensor here."""
         args = {name: _whole_batch(frame, value) for name, value in site.args.items()}
         if site.call.target in VIEWS:  # our windows may be strided differently from the original tensors
@@ -101,7 +133,8 @@ class Rule:
             size = args[name]
             if isinstance(size, (list, tuple)) and size and size[0] == 1:
                 args[name] = [frame.batch] + list(size[1:])
-        return call_op(site.call.target, args)
+        result = call_op(site.call.target, args)
+        return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
     def macs_per_element(self, site: Site) -> int:
         return 0
@@ -140,12 +173,24 @@ def _any_changed(boxes: dict[str, Any]) -> np.ndarray | None:
     return flags
 
 
-def _full_like(site: Site, where: Any) -> Any:
+def output_shapes(site: Site) -> list[tuple[int, ...] | None]:
+    """Shape of each output of the call (a multi-output op's shapes are recorded as a tuple of tuples)."""
     shape = site.shapes[site.call.node]
+    return list(shape) if is_multi_output(shape) else [shape]
+
+
+def is_multi_output(shape: Any) -> bool:
+    """Whether a recorded shape is that of a multi-output op (a tuple of shapes, None for non-tensors)."""
+    return bool(shape) and not isinstance(shape[0], int)
+
+
+def _unchanged(site: Site) -> Changes:
+    return (None,) * len(output_shapes(site))
+
+
+def _full_like(site: Site, where: np.ndarray) -> Changes:
     count = where.shape[0]
-    if shape and isinstance(shape[0], tuple):  # multi-output op
-        return tuple(Boxes.full(count, s[1:], where) if s else None for s in shape)
-    return Boxes.full(count, tuple(shape[1:]), where)
+    return tuple(Boxes.full(count, tuple(s[1:]), where) if s else None for s in output_shapes(site))
 
 
 # Arguments holding a full output shape whose leading 1 is the batch axis.

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from krypton.box import Boxes, Window
-from krypton.rules.registry import Frame, Rule, Site, call_op, register
-from krypton.rules.shape import Unsupported
+from krypton.rules.registry import Changes, Computed, Frame, Rule, Site, Unsupported, call_op, register
 
 aten = torch.ops.aten
 
@@ -62,28 +61,28 @@ class Slice(Rule):
             raise Unsupported(f"{site.call.name}: slice of the batch axis")
         return axis - 1, start, step, site.shape()[axis]
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
+            return (None,)
         axis, start, step, out = self._spec(site)
         if axis < 0:
-            return Boxes(box.lo.copy(), box.hi.copy())
+            return (Boxes(box.lo.copy(), box.hi.copy()),)
         src = start + step * np.arange(out)
         lo, hi = box.lo.copy(), box.hi.copy()
         lo[:, axis], hi[:, axis] = _map_box(box, axis, src, src, out)
-        return Boxes.make(lo, hi * box.nonempty[:, None], site.body())
+        return (Boxes.make(lo, hi * box.nonempty[:, None], site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         axis, start, step, _ = self._spec(site)
         if axis < 0:
-            return frame.assemble(site.args["self"], window.start, tuple(window.size))
+            return (frame.assemble(site.args["self"], window.start, tuple(window.size)),)
         begin = window.start.copy()
         begin[:, axis] = start + step * window.start[:, axis]
         size = list(window.size)
         size[axis] = (window.size[axis] - 1) * step + 1
         x = frame.assemble(site.args["self"], begin, tuple(size))
-        return x if step == 1 else x.narrow(axis + 1, 0, size[axis]).unfold(axis + 1, 1, step).squeeze(-1)
+        return (x if step == 1 else x.narrow(axis + 1, 0, size[axis]).unfold(axis + 1, 1, step).squeeze(-1),)
 
 
 class Upsample(Rule):
@@ -114,7 +113,7 @@ class Upsample(Rule):
             args = dict(site.args)
             args[next(iter(site.args))] = ramp
             probed = call_op(site.call.target, args)
-            index = [0, 0] + [0] * rank
+            index: list[int | slice] = [0] * (2 + rank)
             index[2 + k] = slice(None)
             c = probed[tuple(index)].numpy()
             first = np.clip(np.floor(c + 1e-9).astype(np.int64), 0, in_shape[2 + k] - 1)
@@ -125,16 +124,16 @@ class Upsample(Rule):
             raise Unsupported(f"{site.call.name}: upsampling changes the rank")
         return result
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes[next(iter(site.args))]
         if box is None:
-            return None
+            return (None,)
         lo, hi = box.lo.copy(), box.hi.copy()
         for axis, first, last, _ in self._axes(site):
             lo[:, axis], hi[:, axis] = _map_box(box, axis, first, last, site.body()[axis])
-        return Boxes.make(lo, hi * box.nonempty[:, None], site.body())
+        return (Boxes.make(lo, hi * box.nonempty[:, None], site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         source = site.call.inputs[0]
         in_body = site.body(source)
         axes = self._axes(site)
@@ -159,7 +158,7 @@ class Upsample(Rule):
             shape[axis + 1] = w.shape[1]
             weights = torch.from_numpy(w).to(x.device, x.dtype).reshape(shape)
             x = low + (high - low) * weights
-        return x
+        return (x,)
 
 
 class Softmax(Rule):
@@ -175,18 +174,18 @@ class Softmax(Rule):
             raise Unsupported(f"{site.call.name}: softmax over the batch axis")
         return axis - 1
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
-        return box.widen((self._axis(site),), site.body())
+            return (None,)
+        return (box.widen((self._axis(site),), site.body()),)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return (self._axis(site),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         x = frame.assemble(site.args["self"], window.start, tuple(window.size))
-        return call_op(site.call.target, {**site.args, "self": x})
+        return (call_op(site.call.target, {**site.args, "self": x}),)
 
 
 register(aten.slice.Tensor, Slice())

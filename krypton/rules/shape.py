@@ -16,25 +16,25 @@ from torch import fx
 
 from krypton.box import Boxes, Window, union_all
 from krypton.rules.pointwise import broadcast_box, window_for_input
-from krypton.rules.registry import Frame, Rule, Site, register
+from krypton.rules.registry import Changes, Computed, Frame, Rule, Site, Unsupported, register
 
 aten = torch.ops.aten
 
 
-class Unsupported(Exception):
-    """The graph does something the engine cannot batch (e.g. moves the batch axis)."""
-
-
 class GetItem(Rule):
-    """Select one output of a multi-output op; the executor selects its computed window alike."""
+    """Select one output of a multi-output op: its boxes, and its values from what the op computed."""
 
     name = "getitem"
     precise = True
     exact = True
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
-        parent = boxes["self"]
-        return None if parent is None else parent[site.args["index"]]
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
+        parent = boxes["self"]  # the multi-output op's Changes
+        return (None if parent is None else parent[site.args["index"]],)
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
+        index = site.args["index"]
+        return (frame.assemble(site.args["self"], window.start, tuple(window.size), output=index),)
 
 
 class Permute(Rule):
@@ -50,14 +50,14 @@ class Permute(Rule):
             raise Unsupported(f"{site.call.name}: permute moves the batch axis ({dims})")
         return [d - 1 for d in dims[1:]]
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
+            return (None,)
         perm = self._perm(site)
-        return Boxes(box.lo[:, perm], box.hi[:, perm])
+        return (Boxes(box.lo[:, perm], box.hi[:, perm]),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         perm = self._perm(site)
         start = np.empty_like(window.start)
         size = [0] * len(perm)
@@ -65,7 +65,7 @@ class Permute(Rule):
             start[:, a] = window.start[:, j]
             size[a] = window.size[j]
         x = frame.assemble(site.args["self"], start, tuple(size))
-        return x.permute([0] + [a + 1 for a in perm])
+        return (x.permute([0] + [a + 1 for a in perm]),)
 
 
 def view_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -112,10 +112,10 @@ class View(Rule):
             raise Unsupported(f"{site.call.name}: reshape {src} -> {dst} does not keep the batch axis")
         return view_groups(tuple(src[1:]), tuple(dst[1:]))
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
+            return (None,)
         src, dst = site.body(site.call.inputs[0]), site.body()
         lo = np.zeros((box.count, len(dst)), dtype=np.int64)
         hi = np.tile(np.asarray(dst, dtype=np.int64), (box.count, 1))
@@ -135,9 +135,9 @@ class View(Rule):
                 inner = int(np.prod([dst[x] for x in b[1:]]))
                 lo[:, b[0]] = box.lo[:, a[0]] // inner
                 hi[:, b[0]] = -(-box.hi[:, a[0]] // inner)
-        return Boxes.make(lo, hi * box.nonempty[:, None], dst)
+        return (Boxes.make(lo, hi * box.nonempty[:, None], dst),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         src, dst = site.body(site.call.inputs[0]), site.body()
         start = np.zeros((window.batch, len(src)), dtype=np.int64)
         size = list(src)
@@ -158,7 +158,7 @@ class View(Rule):
             elif any(window.size[x] != dst[x] for x in b):
                 raise Unsupported(f"{site.call.name}: window splits a reshaped axis group")
         x = frame.assemble(site.call.inputs[0], start, tuple(size))
-        return x.reshape((window.batch,) + tuple(window.size))
+        return (x.reshape((window.batch,) + tuple(window.size)),)
 
 
 class Expand(Rule):
@@ -168,19 +168,19 @@ class Expand(Rule):
     precise = True
     exact = True
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
+            return (None,)
         src = site.body(site.args["self"])
         if len(src) != len(site.body()):
             raise Unsupported(f"{site.call.name}: expand adds leading axes")
-        return broadcast_box(box, src, site.body())
+        return (broadcast_box(box, src, site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         start, size = window_for_input(window, site.body(site.args["self"]), site.body())
         x = frame.assemble(site.args["self"], start, size)
-        return x.expand((window.batch,) + tuple(window.size))
+        return (x.expand((window.batch,) + tuple(window.size)),)
 
 
 class Cat(Rule):
@@ -196,7 +196,7 @@ class Cat(Rule):
             raise Unsupported(f"{site.call.name}: cat along the batch axis")
         return axis - 1
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         axis, out = self._axis(site), site.body()
         shifted, offset = [], 0
         for node, box in zip(site.args["tensors"], boxes["tensors"]):
@@ -206,19 +206,19 @@ class Cat(Rule):
                 hi[:, axis] += offset
                 shifted.append(Boxes(lo, hi * box.nonempty[:, None]))
             offset += site.body(node)[axis]
-        return union_all(shifted, out)
+        return (union_all(shifted, out),)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return (self._axis(site),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         axis = self._axis(site)
         parts = []
         for node in site.args["tensors"]:
             size = list(window.size)
             size[axis] = site.body(node)[axis]
             parts.append(frame.assemble(node, window.start, tuple(size)))
-        return torch.cat(parts, dim=axis + 1)
+        return (torch.cat(parts, dim=axis + 1),)
 
 
 def _depends_on_input(node: fx.Node) -> bool:
@@ -257,27 +257,26 @@ class IndexSelect(Rule):
             return None
         return axis - 1, idx.astype(np.int64)
 
-    def precise_for(self, site: Site) -> bool:
-        return self._index(site) is not None
+    def applies(self, site: Site) -> bool:
+        return self._index(site) is not None  # (a constant index never changes with the image)
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
-        found = self._index(site)
-        if found is None or any(b is not None for b in boxes["indices"]):
-            return Rule.forward(self, site, boxes)
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
-        axis, idx = found
+            return (None,)
+        axis, idx = self._found(site)
         lo, hi = box.lo.copy(), box.hi.copy()
         lo[:, axis] = np.searchsorted(idx, box.lo[:, axis], side="left")
         hi[:, axis] = np.searchsorted(idx, box.hi[:, axis], side="left")
-        return Boxes.make(lo, hi * box.nonempty[:, None], site.body())
+        return (Boxes.make(lo, hi * box.nonempty[:, None], site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def _found(self, site: Site) -> tuple[int, np.ndarray]:
         found = self._index(site)
-        if found is None:
-            return Rule.compute(self, site, frame, window)
-        axis, idx = found
+        assert found is not None, "IndexSelect used where it does not apply"
+        return found
+
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
+        axis, idx = self._found(site)
         x = site.args["self"]
         n = window.size[axis]
         picked = idx[window.start[:, axis : axis + 1] + np.arange(n)]  # (B, n) input cells
@@ -292,7 +291,7 @@ class IndexSelect(Rule):
         shape = [window.batch] + [1] * len(size)
         shape[axis + 1] = n
         local = local.reshape(shape).expand((window.batch,) + tuple(window.size))
-        return torch.gather(inputs, axis + 1, local)
+        return (torch.gather(inputs, axis + 1, local),)
 
 
 class AsStrided(Rule):
@@ -305,23 +304,24 @@ class AsStrided(Rule):
     precise = True
     exact = True
 
-    def precise_for(self, site: Site) -> bool:
+    def applies(self, site: Site) -> bool:
+        """True for the identity; anything else cannot even be recomputed whole on a batch: refused."""
         src, size, stride = site.shape(site.args["self"]), site.args["size"], site.args["stride"]
-        if tuple(size) != tuple(src) or site.args.get("storage_offset") not in (None, 0):
-            return False
         contiguous = [int(np.prod(src[a + 1 :])) for a in range(len(src))]
-        return all(n == 1 or s == c for n, s, c in zip(src, stride, contiguous))
+        if (
+            tuple(size) == tuple(src)
+            and site.args.get("storage_offset") in (None, 0)
+            and all(n == 1 or s == c for n, s, c in zip(src, stride, contiguous))
+        ):
+            return True
+        raise Unsupported(f"{site.call.name}: as_strided with strides {site.args['stride']} re-reads storage")
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
-        if box is None:
-            return None
-        if not self.precise_for(site):
-            raise Unsupported(f"{site.call.name}: as_strided with strides {site.args['stride']} re-reads storage")
-        return Boxes(box.lo.copy(), box.hi.copy())
+        return (None if box is None else Boxes(box.lo.copy(), box.hi.copy()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
-        return frame.assemble(site.args["self"], window.start, tuple(window.size))
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
+        return (frame.assemble(site.args["self"], window.start, tuple(window.size)),)
 
 
 register(operator.getitem, GetItem())

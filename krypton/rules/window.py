@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from krypton.box import Boxes, Window
-from krypton.rules.registry import FULL, Frame, Rule, Site, register
+from krypton.rules.registry import FULL, Changes, Computed, Frame, Rule, Site, output_shapes, register
 
 aten = torch.ops.aten
 
@@ -81,6 +81,10 @@ class Sliding(Rule):
         nd, k = len(site.body()), self.geometry(site).rank
         return tuple(range(nd - k, nd))
 
+    def tight(self, site: Site) -> bool:
+        """Dilated kernels skip cells: a change between two taps reaches fewer outputs than Eq. 13 says."""
+        return self.exact and all(d == 1 for d in self.geometry(site).dilation)
+
 
 class Convolution(Sliding):
     """Convolution (not transposed): every output channel of a group reads all its input channels."""
@@ -99,9 +103,10 @@ class Convolution(Sliding):
             _per_axis(site.args["dilation"], k, 1),
         )
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
-        if site.args["transposed"]:
-            return FULL.forward(site, boxes)
+    def applies(self, site: Site) -> bool:
+        return not site.args["transposed"]
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["input"]
         if box is None:
             return FULL.forward(site, boxes)  # only weights changed: never happens for images
@@ -112,17 +117,12 @@ class Convolution(Sliding):
         cout_g = out[0] // groups
         lead.lo[:, 0] = (box.lo[:, 0] // cin_g) * cout_g
         lead.hi[:, 0] = (-(-box.hi[:, 0] // cin_g)) * cout_g
-        return self.geometry(site).out_box(box, out, lead)
+        return (self.geometry(site).out_box(box, out, lead),)
 
     def full_axes(self, site: Site) -> tuple[int, ...]:
         return (0,)
 
-    def precise_for(self, site: Site) -> bool:
-        return not site.args["transposed"]
-
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
-        if site.args["transposed"]:
-            return FULL.compute(site, frame, window)
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         geo = self.geometry(site)
         x = site.args["input"]
         start, size = geo.context(window, site.body(x))
@@ -130,10 +130,10 @@ class Convolution(Sliding):
         size = (site.body(x)[0],) + size[1:]
         ctx = frame.assemble(x, start, size, 0.0)
         bias = site.args["bias"]
-        return aten.convolution(
+        out = aten.convolution(
             ctx,
-            frame.base(site.args["weight"]),
-            None if bias is None else frame.base(bias),
+            frame.clean(site.args["weight"]),
+            None if bias is None else frame.clean(bias),
             geo.stride,
             [0] * geo.rank,
             geo.dilation,
@@ -141,18 +141,31 @@ class Convolution(Sliding):
             [0] * geo.rank,
             site.args["groups"],
         )
+        return (out,)
 
     def macs_per_element(self, site: Site) -> int:
         weight = site.shape(site.args["weight"])
         return int(np.prod(weight[1:]))
 
 
-class MaxPool(Sliding):
+class Pool(Sliding):
+    """Pooling: each output cell reads one window of its own channel; boxes keep their channels."""
+
+    precise = True
+    exact = True
+
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
+        box = boxes["self"]
+        if box is None:
+            return (None,) * len(output_shapes(site))
+        out = self.geometry(site).out_box(box, site.body(), lead=box)
+        return (out,) + (None,) * (len(output_shapes(site)) - 1)  # max pool's indices: never read
+
+
+class MaxPool(Pool):
     """Max pooling, any padding/dilation/ceil_mode: padding reads as -inf."""
 
     name = "max_pool"
-    precise = True
-    exact = True
     primary_output_only = True
 
     def geometry(self, site: Site) -> Geometry:
@@ -165,17 +178,7 @@ class MaxPool(Sliding):
             _per_axis(site.args.get("dilation"), k, 1),
         )
 
-    def _out_body(self, site: Site) -> tuple[int, ...]:
-        return site.body()
-
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Any:
-        box = boxes["self"]
-        if box is None:
-            return None
-        out = self.geometry(site).out_box(box, self._out_body(site), lead=box)
-        return (out, None) if self.primary_output_only else out
-
-    def compute(self, site: Site, frame: Frame, window: Window) -> Any:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         geo = self.geometry(site)
         x = site.args["self"]
         start, size = geo.context(window, site.body(x))
@@ -185,7 +188,7 @@ class MaxPool(Sliding):
         return (values, None)
 
 
-class AvgPool(MaxPool):
+class AvgPool(Pool):
     """Average pooling: a sum over the zero-padded context divided by PyTorch's per-cell count.
 
     The count is separable: per axis, the taps of window o inside [-p, N+p) (count_include_pad) or
@@ -193,8 +196,6 @@ class AvgPool(MaxPool):
     """
 
     name = "avg_pool"
-    precise = True
-    primary_output_only = False
 
     def geometry(self, site: Site) -> Geometry:
         k = len(site.args["kernel_size"])
@@ -216,7 +217,7 @@ class AvgPool(MaxPool):
             counts.append(np.maximum(c, 1).astype(np.float64))
         return counts
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         geo = self.geometry(site)
         x = site.args["self"]
         in_body = site.body(x)
@@ -226,10 +227,10 @@ class AvgPool(MaxPool):
         sums = op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, 1)
         override = site.args.get("divisor_override")
         if override:
-            return sums / override
-        return sums / self._divisor(site, geo, in_body, window).to(sums.device, sums.dtype)
+            return (sums / override,)
+        return (sums / self._divisor(site, geo, in_body, window).to(sums.device, sums.dtype),)
 
-    def _divisor(self, site: Site, geo: Geometry, in_body: tuple, window: Window) -> torch.Tensor:
+    def _divisor(self, site: Site, geo: Geometry, in_body: tuple[int, ...], window: Window) -> torch.Tensor:
         counts = self._counts(site, geo, in_body)
         lead = len(in_body) - geo.rank
         total = np.ones((window.batch,) + (1,) * lead + (1,) * geo.rank)
@@ -242,13 +243,13 @@ class AvgPool(MaxPool):
         return torch.from_numpy(total)
 
 
-class AdaptiveAvgPool(AvgPool):
-    """Adaptive average pooling whose bins are uniform (input size divisible by output size)."""
+class AdaptiveAvgPool(Pool):
+    """Adaptive average pooling whose bins are uniform (input size divisible by output size); other
+    bin layouts are computed whole."""
 
     name = "adaptive_avg_pool"
-    precise = True
 
-    def _uniform(self, site: Site) -> bool:
+    def applies(self, site: Site) -> bool:
         rank = len(site.args["output_size"])
         ins, outs = site.body(site.args["self"])[-rank:], site.body()[-rank:]
         return all(o > 0 and i % o == 0 for i, o in zip(ins, outs))
@@ -256,24 +257,16 @@ class AdaptiveAvgPool(AvgPool):
     def geometry(self, site: Site) -> Geometry:
         rank = len(site.args["output_size"])
         ins, outs = site.body(site.args["self"])[-rank:], site.body()[-rank:]
-        k = [i // o for i, o in zip(ins, outs)]
+        k = [i // max(o, 1) for i, o in zip(ins, outs)]
         return Geometry(k, k, [0] * rank, [1] * rank)
 
-    def precise_for(self, site: Site) -> bool:
-        return self._uniform(site)
-
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Any:
-        return super().forward(site, boxes) if self._uniform(site) else FULL.forward(site, boxes)
-
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
-        if not self._uniform(site):
-            return FULL.compute(site, frame, window)
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         geo = self.geometry(site)
         x = site.args["self"]
         start, size = geo.context(window, site.body(x))
         ctx = frame.assemble(x, start, size, 0.0)
         op = aten.avg_pool2d if geo.rank == 2 else aten.avg_pool3d
-        return op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, None)
+        return (op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, None),)
 
 
 class ConstantPad(Rule):
@@ -291,17 +284,17 @@ class ConstantPad(Rule):
             before[nd - 1 - i] = pad[2 * i]
         return before
 
-    def forward(self, site: Site, boxes: dict[str, Any]) -> Boxes | None:
+    def forward(self, site: Site, boxes: dict[str, Any]) -> Changes:
         box = boxes["self"]
         if box is None:
-            return None
+            return (None,)
         shift = np.asarray(self._before(site))
         out = Boxes.make(box.lo + shift, box.hi + shift, site.body())
-        return Boxes.make(out.lo, out.hi * box.nonempty[:, None], site.body())
+        return (Boxes.make(out.lo, out.hi * box.nonempty[:, None], site.body()),)
 
-    def compute(self, site: Site, frame: Frame, window: Window) -> torch.Tensor:
+    def compute(self, site: Site, frame: Frame, window: Window) -> Computed:
         start = window.start - np.asarray(self._before(site))
-        return frame.assemble(site.args["self"], start, window.size, float(site.args["value"]))
+        return (frame.assemble(site.args["self"], start, window.size, float(site.args["value"])),)
 
 
 register(aten.convolution.default, Convolution())

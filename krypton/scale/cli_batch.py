@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from krypton.choices import MODES, STYLES
+
 EPILOG = """examples:
   krypton batch xray: --out xray-maps                          # the 16 bundled X-rays, one worker per CPU
   krypton batch scans/ --out maps --model resnet18 --weights r18.pth --patch 32 --stride 16
@@ -49,12 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument("--patch", type=_positive, metavar="N", help="patch side (default: per demo, ~1/7 of input)")
     group.add_argument("--stride", type=_positive, metavar="N", help="step between positions (default: patch/2)")
     group.add_argument("--fill", type=_floats, default=(0.0,), metavar="V[,V,V]", help="patch value (default 0)")
-    group.add_argument("--mode", choices=("naive", "exact", "approximate"), default="exact", help="default: exact")
+    group.add_argument("--mode", choices=MODES, default="exact", help="default: exact")
     group.add_argument("--tau", type=_tau, metavar="T", help="approximate mode: projective-field threshold (0, 1]")
     group.add_argument(
         "--drilldown", nargs="?", const=True, type=_drilldown, metavar="SPEC", help="approximate mode: drill-down"
     )
-    group.add_argument("--style", choices=("overlay", "paper"), default="overlay", help="picture style")
+    group.add_argument("--style", choices=STYLES, default="overlay", help="picture style")
     group.add_argument("--device", choices=("cpu", "cuda"), help="where workers run the model")
     group.add_argument("--batch-size", type=_positive, metavar="N", help="positions per batch (default: automatic)")
     group.add_argument(

@@ -107,7 +107,7 @@ def _loopback(values: dict[str, str]) -> None:
         os.environ.setdefault(key, value)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
-        constants.ENABLE_RAY_CLUSTER = False
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
 
 
 def cluster_file() -> str:

@@ -101,10 +101,10 @@ def _one(token: str) -> list[_Found]:
     if MAGIC.search(token) and not path.exists():
         fixed = _parts_before_magic(token)
         matches = sorted(glob.glob(os.path.expanduser(token), recursive=True))
-        files = [m for m in matches if Path(m).is_file()]
-        if not files:
+        matched = [m for m in matches if Path(m).is_file()]
+        if not matched:
             raise InputError(f"no files match {token}")
-        return [_Found(f, Path(*fixed) if fixed else Path(".")) for f in files]
+        return [_Found(f, Path(*fixed) if fixed else Path(".")) for f in matched]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p, path))
         if not files:
@@ -140,13 +140,13 @@ def _list_file(path: Path) -> list[_Found]:
         if not line or line.startswith("#"):
             continue
         name, _, truth = line.replace("\t", ",").partition(",")
-        name, truth = name.strip(), truth.strip() or None
+        name, expected = name.strip(), truth.strip() or None
         image = Path(name).expanduser()
         image = image if image.is_absolute() else path.parent / image
         if ":" in name and not image.exists():
-            entries.extend(replace(f, truth=truth or f.truth) for f in _demo(name))
+            entries.extend(replace(f, truth=expected or f.truth) for f in _demo(name))
         else:
-            entries.append(_Found(str(image), truth=truth))
+            entries.append(_Found(str(image), truth=expected))
     if not entries:
         raise InputError(f"list file {path} names no images")
     return entries

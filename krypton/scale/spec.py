@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from krypton.choices import MODES, STYLES
 from krypton.models import DEMOS, LoadedModel, load_model
-
-MODES = ("naive", "exact", "approximate")
-STYLES = ("overlay", "paper")
+from krypton.models.demos import default_grid
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class ModelSpec:
         spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
         return replace(
             spec,
-            model=spec.model if spec.model in DEMOS else _absolute(spec.model),
+            model=spec.model if spec.model in DEMOS else str(_absolute(spec.model)),
             weights=_absolute(spec.weights) if spec.weights not in (None, "random") else spec.weights,
             labels=_absolute(spec.labels),
             size=None if spec.size is None else (int(spec.size[0]), int(spec.size[-1])),
@@ -95,15 +94,13 @@ class Settings:
 
     def resolve(self, loaded: LoadedModel, model: str) -> dict[str, Any]:
         """Keyword arguments for `krypton.explain`: patch/stride defaults from the demo or the input size."""
+        assert loaded.preprocess is not None  # spec loaders always say how inputs are prepared
         size = loaded.preprocess.size
         demo = DEMOS.get(model)
-        patch = self.patch or (demo.patch if demo is not None else max(4, round(min(size) / 7)))
-        stride = self.stride
-        if stride is None:
-            stride = demo.stride if demo is not None and patch == demo.patch else max(1, patch // 2)
+        patch, stride = default_grid(size, demo, self.patch, self.stride)
         if patch > min(size):
             raise ValueError(f"patch {patch} is larger than the model input ({size[0]}x{size[1]})")
-        fill = self.fill
+        fill: Any = self.fill
         if isinstance(fill, (tuple, list)):
             fill = list(fill) if len(fill) > 1 else fill[0]
         kwargs: dict[str, Any] = dict(

@@ -92,6 +92,7 @@ class Explainer:
 
         started = time.perf_counter()
         pre = self.loaded.preprocess
+        assert pre is not None  # the spec's loader always says how inputs are prepared
         try:
             graph_for(self.loaded.module, torch.zeros(1, pre.channels, *pre.size))
         except Exception:  # a model the engine cannot capture: explain() falls back and says so per image
@@ -107,7 +108,7 @@ class Explainer:
             "pid": os.getpid(),
             "error": None,
             "model": self.loaded.name,
-            "preprocess": self.loaded.preprocess.describe(),
+            "preprocess": self.loaded.preprocess.describe() if self.loaded.preprocess else None,
             "notes": list(self.loaded.notes),
             "settings": self.resolved(),
             "model_spec": {"name": self.loaded.name, **asdict(self.spec)},
@@ -150,6 +151,7 @@ class Explainer:
         from krypton.outputs import png_bytes, save_raw
 
         pre = self.loaded.preprocess
+        assert pre is not None  # the spec's loader always says how inputs are prepared
         pixels = item.pixels(data)
         if not self.settings.resize and tuple(pixels.shape[:2]) != tuple(pre.size):
             h, w = pixels.shape[:2]

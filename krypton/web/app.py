@@ -17,7 +17,7 @@ import math
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from krypton.choices import Mode
 from krypton.web import uploads
 from krypton.web.catalog import Models, Picture, Pictures, default_catalog, default_rgb, predict, top_classes
 from krypton.web.estimate import Estimator
@@ -87,7 +88,7 @@ class EstimateBody(Strict):
 class JobBody(EstimateBody):
     fill: Colour | None = None
     target: int | None = Field(None, ge=0)
-    mode: Literal["naive", "exact", "approximate"] = "exact"
+    mode: Mode = "exact"
     compare: bool = False
 
 
@@ -179,9 +180,11 @@ def create_app(
     @app.post("/api/estimate")
     def estimate(body: EstimateBody) -> dict[str, Any]:
         spec, picture, loaded = make_spec(ctx, **_job_args(body))
-        return ctx.estimator.estimate(
+        found = ctx.estimator.estimate(
             picture.demo, loaded, picture.tensor, spec.patch, spec.stride, body.tau, spec.drilldown, spec.region
         )
+        assert found is not None  # None only for cached_only lookups
+        return found
 
     @app.post("/api/jobs", status_code=202)
     def submit(body: JobBody) -> dict[str, Any]:
@@ -249,17 +252,17 @@ def create_app(
         )
 
     @app.get("/api/jobs/{job_id}/result.png")
-    def download_png(job_id: Id, phase: Literal["naive", "exact", "approximate"] | None = None) -> Response:
+    def download_png(job_id: Id, phase: Mode | None = None) -> Response:
         content = result_png(_done(jobs, job_id), phase)
         return Response(content, media_type="image/png", headers=_attachment(f"krypton-{job_id}.png"))
 
     @app.get("/api/jobs/{job_id}/result.json")
-    def download_json(job_id: Id, phase: Literal["naive", "exact", "approximate"] | None = None) -> Response:
+    def download_json(job_id: Id, phase: Mode | None = None) -> Response:
         content = json.dumps(result_json(_done(jobs, job_id), phase), indent=1)
         return Response(content, media_type="application/json", headers=_attachment(f"krypton-{job_id}.json"))
 
     @app.get("/api/jobs/{job_id}/result.npz")
-    def download_npz(job_id: Id, phase: Literal["naive", "exact", "approximate"] | None = None) -> Response:
+    def download_npz(job_id: Id, phase: Mode | None = None) -> Response:
         content = result_npz(_done(jobs, job_id), phase)
         return Response(content, media_type="application/octet-stream", headers=_attachment(f"krypton-{job_id}.npz"))
 
@@ -332,6 +335,7 @@ def _errors(app: FastAPI) -> None:
 def _prepare(ctx: Context, demo: str, name: str, label: str | None, pixels: np.ndarray) -> dict[str, Any]:
     """Preprocess for the demo's model, predict, remember; the page gets the id and the prediction."""
     loaded = ctx.models.get(demo)
+    assert loaded.preprocess is not None  # demos say how their inputs are prepared
     tensor, shown = loaded.preprocess(pixels)
     picture = ctx.pictures.add(demo, name, label, tensor, shown, predict(loaded.module, tensor))
     return _picture_json(picture, loaded)
@@ -372,7 +376,7 @@ def _job_args(body: EstimateBody) -> dict[str, Any]:
     return args
 
 
-def _mask(text: str, shape: tuple[int, int]) -> np.ndarray:
+def _mask(text: str, shape: tuple[int, ...]) -> np.ndarray:
     try:
         packed = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

@@ -18,7 +18,7 @@ import torch
 from krypton.io.images import read_image
 from krypton.models.demos import DEMOS, Demo, DemoImage, package_dir
 from krypton.models.errors import ModelError
-from krypton.models.spec import LoadedModel
+from krypton.models.loaded import LoadedModel
 from krypton.pipeline import guarded_call
 from krypton.scores import probabilities
 from krypton.web.jobs import NotFound
@@ -108,12 +108,12 @@ class Picture:
     label: str | None
     tensor: torch.Tensor  # (C, H, W) model input
     shown: np.ndarray  # (H, W, C) [0, 1] pixels at model-input size
-    base: torch.Tensor  # (K,) outputs on the clean image
+    clean_scores: torch.Tensor  # (K,) outputs on the clean image
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def probs(self) -> torch.Tensor:
-        return probabilities(self.base)
+        return probabilities(self.clean_scores)
 
 
 class Pictures:
@@ -125,9 +125,15 @@ class Pictures:
         self._lock = threading.Lock()
 
     def add(
-        self, demo: str, name: str, label: str | None, tensor: torch.Tensor, shown: np.ndarray, base: torch.Tensor
+        self,
+        demo: str,
+        name: str,
+        label: str | None,
+        tensor: torch.Tensor,
+        shown: np.ndarray,
+        clean_scores: torch.Tensor,
     ) -> Picture:
-        picture = Picture(secrets.token_hex(8), demo, name, label, tensor, shown, base)
+        picture = Picture(secrets.token_hex(8), demo, name, label, tensor, shown, clean_scores)
         with self._lock:
             self._items[picture.id] = picture
             while len(self._items) > self.keep:

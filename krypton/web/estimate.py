@@ -19,10 +19,11 @@ import torch
 
 import krypton
 from krypton.api import DEFAULT_TAU
-from krypton.models.spec import LoadedModel
+from krypton.choices import MODES
+from krypton.models.loaded import LoadedModel
 from krypton.modes.approximate import Drilldown, coarse_stride
+from krypton.modes.naive import DEFAULT_BATCH
 from krypton.pipeline import guarded_call
-from krypton.pipeline.fastest_naive import DEFAULT_BATCH
 from krypton.web.sweep import Region, count_positions
 
 
@@ -129,7 +130,7 @@ class Estimator:
                 "positions": positions,
                 "forward_ms": round(forward * 1000, 2),
                 "note": note,
-                "modes": {mode: dict(naive) for mode in ("naive", "exact", "approximate")},
+                "modes": {mode: dict(naive) for mode in MODES},
             }
         if exact is None:
             return None

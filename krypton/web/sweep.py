@@ -23,8 +23,6 @@ from krypton.modes.progressive import Update, fill_missing, levels
 from krypton.pipeline import evaluate, guarded_call
 from krypton.scores import probabilities
 
-NAIVE_BATCH = 16
-
 
 @dataclass(frozen=True)
 class Region:
@@ -49,7 +47,7 @@ def region_cells(
     return rows, cols
 
 
-def layout(shape: tuple[int, int], patch: int, stride: int, region: Region | None) -> tuple[np.ndarray, np.ndarray]:
+def layout(shape: tuple[int, ...], patch: int, stride: int, region: Region | None) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners (ys, xs) of the grid rows and columns a sweep evaluates, without building anything."""
     ys = np.arange(0, shape[0] - patch + 1, stride)
     xs = np.arange(0, shape[1] - patch + 1, stride)
@@ -58,7 +56,7 @@ def layout(shape: tuple[int, int], patch: int, stride: int, region: Region | Non
     return ys[rows], xs[cols]
 
 
-def count_positions(shape: tuple[int, int], patch: int, stride: int, region: Region | None) -> int:
+def count_positions(shape: tuple[int, ...], patch: int, stride: int, region: Region | None) -> int:
     ys, xs = layout(shape, patch, stride, region)
     return len(ys) * len(xs)
 
@@ -91,7 +89,7 @@ def sweep(
     width = positions.shape[1]
     chosen = (rows[:, None] * width + cols[None, :]).reshape(-1)
     part = subset(occ, chosen)
-    base = guarded_call(model, image)[0].detach()
+    clean_scores = guarded_call(model, image)[0].detach()
     progress = _Progress(grid, target, on_update)
     started = time.perf_counter()
     outputs, stats = _evaluate(model, part, grid, mode, tau, progress)
@@ -103,7 +101,7 @@ def sweep(
     )
     return Explanation(
         scores=outputs.reshape(*grid, -1).detach().cpu(),
-        base=base.cpu(),
+        clean_scores=clean_scores.cpu(),
         target=int(target),
         positions=positions[rows][:, cols].clone(),
         patch=pair,

@@ -16,7 +16,8 @@ import torch
 
 import krypton
 from krypton.api import DEFAULT_TAU, UNVERIFIED
-from krypton.models.spec import LoadedModel
+from krypton.choices import MODES
+from krypton.models.loaded import LoadedModel
 from krypton.modes.approximate import Drilldown, parse_drilldown
 from krypton.outputs.raw import raw_arrays, summary
 from krypton.outputs.render import png_bytes
@@ -28,7 +29,6 @@ from krypton.web.jobs import Job, NotFound, PhaseMap
 from krypton.web.sweep import Region, layout, sweep
 
 MAX_POSITIONS = 250_000
-MODES = ("naive", "exact", "approximate")
 
 
 @dataclass
@@ -88,7 +88,7 @@ def make_spec(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if patch > min(h, w):
         raise ValueError(f"patch {patch} is larger than the model input ({h}x{w}); use a patch <= {min(h, w)}")
-    classes = class_count(picture.base)
+    classes = class_count(picture.clean_scores)
     if target is not None and not 0 <= target < classes:
         raise ValueError(f"target must be a class index in [0, {classes}), got {target}")
     if mode != "approximate" and (tau is not None or drilldown is not None or compare):
@@ -289,7 +289,7 @@ def result_npz(job: Job, phase: str | None) -> bytes:
     explanation, _ = explanation_of(job, phase)
     arrays = raw_arrays(explanation)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy stub mistypes **arrays
     return buffer.getvalue()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import cast
 
 import torch
 from torch import fx, nn
@@ -28,7 +29,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def export_graph(module: nn.Module, example: torch.Tensor, what: str) -> fx.GraphModule:
+def export_graph(module: nn.Module, example: torch.Tensor, what: str) -> nn.Module:
     """`module` exported at `example`'s (C, H, W) with any batch size, cleaned for re-export.
 
     Models whose graph bakes in batch 1 (a reshape to [1, N]) are exported at batch 1 and run one item
@@ -54,7 +55,7 @@ def export_graph(module: nn.Module, example: torch.Tensor, what: str) -> fx.Grap
 
 def clean(exported: nn.Module) -> fx.GraphModule:
     """A plain GraphModule (`.eval()` works) without asserts, shape guards or no-op casts."""
-    graph = copy.deepcopy(exported.graph)
+    graph = cast(fx.Graph, copy.deepcopy(exported.graph))
     module = fx.GraphModule(exported, graph)
     for node in list(graph.nodes):
         if node.op == "call_module" and "guards" in str(node.target) and not node.users:
@@ -92,6 +93,7 @@ def strip_probability_head(module: fx.GraphModule, allow_sigmoid: bool = False) 
     elif _softmax_dim(single) not in (-1, 1):
         return None
     source = single.args[0]
+    assert isinstance(source, fx.Node)
     single.replace_all_uses_with(source)
     module.graph.erase_node(single)
     module.recompile()
@@ -100,7 +102,7 @@ def strip_probability_head(module: fx.GraphModule, allow_sigmoid: bool = False) 
 
 def _softmax_dim(node: fx.Node) -> int:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
-    return int(dim)
+    return int(dim) if isinstance(dim, int) else -1
 
 
 class PerItem(nn.Module):
@@ -135,7 +137,7 @@ def finish(module: nn.Module, example: torch.Tensor, what: str) -> tuple[nn.Modu
         raise ModelError(f"{what} must output (batch, classes) scores, got {shape}")
     notes = []
     inner = graph.inner if isinstance(graph, PerItem) else graph
-    head = strip_probability_head(inner, allow_sigmoid=out.shape[1] == 1)
+    head = strip_probability_head(cast(fx.GraphModule, inner), allow_sigmoid=out.shape[1] == 1)
     if head:
         notes.append(f"removed the final {head} so the model returns logits")
     if out.shape[1] == 1:
