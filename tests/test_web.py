@@ -184,6 +184,20 @@ def test_demo_picture_prediction_and_png(client):
     assert Image.open(io.BytesIO(png.content)).size == (SIZE, SIZE)
 
 
+def test_bundled_image_as_stored_needs_no_model():
+    """The page shows a bundled image at once, while its model loads: the stored pixels, any size."""
+    never = Demo("never", "model never loads", "", 8, 4, lambda: pytest.fail("the preview loaded the model"),
+                 lambda: CATALOG["tiny"].images())  # fmt: skip
+    with TestClient(create_app({"never": never}, warm=False), base_url="http://127.0.0.1") as client:
+        r = client.get("/api/demos/never/images/2/original.png")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        shown = np.asarray(Image.open(io.BytesIO(r.content)), dtype=np.float32) / 255
+        np.testing.assert_allclose(shown, _pixels(2), atol=1 / 255)  # 40 x 48 as stored, not the model's 32 x 32
+        assert client.get("/api/demos/never/images/3/original.png").status_code == 404
+        assert client.get("/api/demos/never/images/-1/original.png").status_code == 422
+        assert client.get("/api/demos/nothing/images/0/original.png").status_code == 404
+
+
 def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format=fmt)
@@ -617,3 +631,44 @@ def test_the_default_model_is_loaded_at_start_up_before_any_request():
     with TestClient(create_app(catalog, warm=False), base_url="http://127.0.0.1"):
         time.sleep(0.2)
         assert cold_calls == []
+
+
+def test_brushes_estimate_and_job_during_the_first_capture_all_succeed():
+    """The run pipeline's web race: while the model's graph is being captured (export traces a forward
+    call), brush predictions, the estimator and a job run the same model from other threads. None may
+    fail, trace the wrong call or brand the model as uncapturable; the job's map equals explain()'s."""
+    from krypton.pipeline import graphs
+
+    racy = Slow(0.05)  # a fresh instance: nothing captured or remembered for it; every forward sleeps
+    catalog = {"racy": _demo("racy", racy)}
+    with TestClient(create_app(catalog, warm=False), base_url="http://127.0.0.1") as client:
+        pid = _picture(client, "racy")["id"]
+        statuses: list[int] = []
+        notes: list[str] = []
+
+        def brush(offset: int) -> None:
+            for k in range(6):
+                mask = np.zeros((SIZE, SIZE), bool)
+                mask[offset + k : offset + k + 6, 3:12] = True
+                r = client.post(f"/api/images/{pid}/predict", json={"mask": _mask_text(mask)})
+                statuses.append(r.status_code)
+
+        def estimate() -> None:
+            r = client.post("/api/estimate", json={"image_id": pid, "patch": 8, "stride": 4})
+            statuses.append(r.status_code)
+            notes.append(r.json().get("note") or "")
+
+        job = client.post("/api/jobs", json={"image_id": pid, "patch": 8, "stride": 4, "mode": "exact"})
+        assert job.status_code == 202, job.text
+        threads = [threading.Thread(target=estimate)] + [threading.Thread(target=brush, args=(k,)) for k in (0, 8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        kind, final = _events(client, job.json()["id"])[-1]
+        assert kind == "end" and final["state"] == "done", final["message"]
+        assert statuses and all(s == 200 for s in statuses), statuses
+        assert notes and not any("run naive" in n for n in notes), notes
+        assert graphs.refusal(racy, torch.zeros(1, 3, SIZE, SIZE)) is None  # not branded uncapturable
+        expected = krypton.explain(NET, _tensor(0), patch=8, stride=4, fill=fill_values(catalog["racy"].load(), None))
+        np.testing.assert_allclose(_heat(final, "exact"), expected.heatmap.numpy(), atol=1e-5)

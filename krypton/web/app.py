@@ -39,6 +39,7 @@ from krypton.web.sweep import Region
 from krypton.web.tasks import Context, make_spec, occluded_prediction, result_json, result_npz, result_png, run
 
 STATIC = Path(__file__).parent / "static"
+PREVIEW_SIDE = 512  # longest side of the as-stored preview of a bundled image
 ID = r"^[0-9a-f]{16}$"
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 JSON_LIMIT = 1024 * 1024
@@ -148,6 +149,16 @@ def create_app(
             )
         image = images[body.index]
         return _prepare(ctx, body.demo, image.name, image.label, image.pixels())
+
+    @app.get("/api/demos/{demo}/images/{index}/original.png")
+    def original_png(
+        demo: Annotated[str, PathParam(max_length=64)], index: Annotated[int, PathParam(ge=0, le=100_000)]
+    ) -> Response:
+        """A bundled image as stored, without its model: the page shows it while the model loads."""
+        images = ctx.models.images(demo)
+        if index >= len(images):
+            raise NotFound(f"demo {demo!r} has {len(images)} images (indices 0..{len(images) - 1}), not {index}")
+        return Response(_png(_thumbnail(images[index].pixels())), media_type="image/png")
 
     @app.post("/api/images/upload")
     async def upload(request: Request, demo: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
@@ -400,6 +411,20 @@ def _done(jobs: JobQueue, job_id: str) -> Any:
 
 def _attachment(name: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def _thumbnail(pixels: np.ndarray, largest: int = PREVIEW_SIDE) -> np.ndarray:
+    """At most `largest` pixels on the longer side (a preview needs no more than the page shows)."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if max(height, width) <= largest:
+        return pixels
+    factor = largest / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    array = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32).reshape(size[1], size[0], -1) / 255.0
 
 
 def _png(pixels: np.ndarray) -> bytes:

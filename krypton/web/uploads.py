@@ -35,8 +35,10 @@ def check_content_type(content_type: str | None) -> None:
         raise UploadError("SVG is not accepted: upload a raster image (PNG, JPEG, ...)", 415)
 
 
-VOLUME_MESSAGE = ("this looks like a volume or array (NIfTI, gzip, .npy): the web demo explains 2-D images only; "
-                  "explain volumes with `krypton explain scan.nii.gz --model ...` or krypton.explain in Python")
+VOLUME_MESSAGE = (
+    "this looks like a volume or array (NIfTI, gzip, .npy): the web demo explains 2-D images only; "
+    "explain volumes with `krypton explain scan.nii.gz --model ...` or krypton.explain in Python"
+)
 
 
 def _is_volume(data: bytes) -> bool:

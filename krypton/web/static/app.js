@@ -85,7 +85,9 @@ async function chooseDemo(index) {
   $("model-info").textContent = demo.title;
   $("patch").value = state.first && params.has("patch") ? params.get("patch") : demo.patch;
   $("stride").value = state.first && params.has("stride") ? params.get("stride") : demo.stride;
-  await loadPicture(() => post("/api/images/demo", { demo: demo.name, index: Number($("image").value) }));
+  const chosen = Number($("image").value);
+  await loadPicture(() => post("/api/images/demo", { demo: demo.name, index: chosen }), undefined,
+                    `/api/demos/${encodeURIComponent(demo.name)}/images/${chosen}/original.png`);
 }
 
 async function upload(file) {
@@ -94,17 +96,49 @@ async function upload(file) {
     const picture = await api(`/api/images/upload?demo=${encodeURIComponent($("demo").value)}`,
                               { method: "POST", headers, body: file });
     return { ...picture, name: file.name || picture.name, uploaded: true };
-  }, "Upload refused");
+  }, "Upload refused", URL.createObjectURL(file));
 }
 
-async function loadPicture(request, failure = "Could not load the image") {
+// While the model loads (seconds for a large one), the chosen image is shown as stored; the model's own
+// view of it (resized, cropped) and its prediction replace it when they arrive.
+async function showPreview(seq, url) {
+  const img = new Image();
+  img.src = url;
+  try { await img.decode(); } catch { return; }  // no preview (e.g. a DICOM upload): the page just waits
+  if (seq !== state.pictureSeq || state.shownSeq === seq) return;  // superseded, or the real picture is in
+  state.previewing = true;
+  const scale = STAGE / Math.max(img.width, img.height);
+  for (const id of ["image-canvas", "heat", "draw"]) Draw.size($(id), img.width, img.height, scale);
+  Draw.image($("image-canvas"), img);
+  $("heat-label").textContent = "";
+  $("status").textContent = "Loading the model… (the image as stored; the model's view and prediction follow)";
+  document.body.dataset.preview = url;
+}
+
+function drawPicture() {  // the current picture at the model's input size, and its overlays
+  const picture = state.picture;
+  state.scale = STAGE / Math.max(picture.width, picture.height);
+  for (const id of ["image-canvas", "heat", "draw"]) Draw.size($(id), picture.width, picture.height, state.scale);
+  Draw.image($("image-canvas"), state.img);
+  state.previewing = false;
+  redrawOverlay();
+}
+
+async function loadPicture(request, failure = "Could not load the image", preview = null) {
   const seq = ++state.pictureSeq;  // only the newest choice may change the page
   showError(null);
   $("status").textContent = "Loading the model and image…";
   $("run").disabled = true;
+  if (preview) showPreview(seq, preview);
   let picture;
   try { picture = await request(); } catch (error) {
     if (seq !== state.pictureSeq) return;
+    state.shownSeq = seq;
+    if (state.previewing && state.picture) {  // back to the picture still explained, with its map
+      drawPicture();
+      if (state.heatArgs) Draw.heat($("heat"), ...state.heatArgs);
+    }
+    state.previewing = false;
     syncMenus();  // the menus go back to the picture still shown
     $("run").disabled = !state.picture || state.busy;
     $("status").textContent = state.picture ? `${failure}; still showing ${state.picture.name}.` : `${failure}.`;
@@ -116,6 +150,7 @@ async function loadPicture(request, failure = "Could not load the image") {
   img.src = `/api/images/${picture.id}/image.png`;
   try { await img.decode(); } catch (error) { if (seq === state.pictureSeq) showError(error); return; }
   if (seq !== state.pictureSeq) return;
+  state.shownSeq = seq;
   state.picture = picture;
   state.first = false;
   state.region = null;
@@ -130,11 +165,9 @@ async function loadPicture(request, failure = "Could not load the image") {
     ...order.map(([p, i]) => new Option(`${picture.classes[i]} — ${p.toFixed(3)}`, i)));
   syncMenus();
   state.img = img;
-  state.scale = STAGE / Math.max(picture.width, picture.height);
-  for (const id of ["image-canvas", "heat", "draw"]) Draw.size($(id), picture.width, picture.height, state.scale);
+  drawPicture();
   const small = SMALL / Math.max(picture.width, picture.height);
   for (const id of ["cmp-image-a", "cmp-heat-a", "cmp-image-b", "cmp-heat-b"]) Draw.size($(id), picture.width, picture.height, small);
-  Draw.image($("image-canvas"), img);
   Draw.image($("cmp-image-a"), img);
   Draw.image($("cmp-image-b"), img);
   for (const id of ["heat", "cmp-heat-a", "cmp-heat-b"]) Draw.clear($(id));
@@ -196,6 +229,7 @@ function playSweep() {
 
 function clearResults() {
   state.lastSnap = null;
+  state.heatArgs = null;
   $("play").hidden = true;
   for (const td of document.querySelectorAll("#estimates .act, #estimates .spd")) td.textContent = "–";
   $("downloads").hidden = true;
@@ -293,7 +327,8 @@ function show(snap) {
   const range = Draw.limit(maps, job.p);
   $("legend-range").textContent = `±${range.toFixed(3)} in P(${info.target_label})`;
   const main = snap.maps[snap.phase];
-  if (main) Draw.heat($("heat"), main, job.p, state.scale, job.patch, job.stride, range);
+  if (main) state.heatArgs = [main, job.p, state.scale, job.patch, job.stride, range];
+  if (main && !state.previewing) Draw.heat($("heat"), ...state.heatArgs);
   $("heat-label").textContent = main ? `Large view: the ${snap.phase} map (patch ${info.patch}, stride ${info.stride}).`
     + (snap.state === "running" ? " Pale cells are estimated from computed neighbours until their turn." : "") : "";
   const compare = info.phases.length > 1;
@@ -434,7 +469,7 @@ async function predictBrush() {
 }
 
 function pointerDown(event) {
-  if (!state.picture) return;
+  if (!state.picture || state.previewing) return;
   $("draw").setPointerCapture(event.pointerId);
   const p = point(event);
   drag = { start: p };
@@ -490,7 +525,7 @@ function regionFromFields() {
 }
 
 function regionKey(event) {
-  if (!state.picture) return;
+  if (!state.picture || state.previewing) return;
   if (event.key === "Escape") { if (state.region) setRegion(null); event.preventDefault(); return; }
   const move = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[event.key];
   if (!move) return;
