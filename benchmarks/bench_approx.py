@@ -78,8 +78,15 @@ def tuned_tau(model: torch.nn.Module) -> krypton.TuneResult:
 
     pre = Preprocess((224, 224), 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop=True)
     photos = [pre(getattr(skimage.data, n)() / 255.0)[0] for n in ("astronaut", "coffee", "rocket", "chelsea")]
-    return krypton.tune(model, photos[:3], patch=16, stride=8, target_ssim=0.9, heldout_images=photos[3:],
-                        taus=(0.9, 0.8, 0.7, 0.6, 0.5))
+    return krypton.tune(
+        model,
+        photos[:3],
+        patch=16,
+        stride=8,
+        target_ssim=0.9,
+        heldout_images=photos[3:],
+        taus=(0.9, 0.8, 0.7, 0.6, 0.5),
+    )
 
 
 def main() -> None:
@@ -102,24 +109,33 @@ def main() -> None:
         exact = krypton.explain(model, image, patch=16, stride=4)
         positions = exact.stats["positions"]
         naive_s, naive_cl_s = per_position * positions, per_position_cl * positions
-        print(f"\n## {name}: {what}; {positions} positions; naive {naive_s:.0f} s "
-              f"(measured {per_position * 1000:.1f} ms/position at batch {naive_batch} on {args.naive_sample}); "
-              f"naive channels-last {naive_cl_s:.0f} s ({per_position_cl * 1000:.1f} ms/position, batch {cl_batch})")
-        print("| setting | time s | speedup vs naive | vs naive channels-last | theoretical | SSIM vs exact "
-              "| paper CPU |")
+        print(
+            f"\n## {name}: {what}; {positions} positions; naive {naive_s:.0f} s "
+            f"(measured {per_position * 1000:.1f} ms/position at batch {naive_batch} on {args.naive_sample}); "
+            f"naive channels-last {naive_cl_s:.0f} s ({per_position_cl * 1000:.1f} ms/position, batch {cl_batch})"
+        )
+        print(
+            "| setting | time s | speedup vs naive | vs naive channels-last | theoretical | SSIM vs exact | paper CPU |"
+        )
         print("|---|---|---|---|---|---|---|")
-        print(f"| exact | {exact.stats['wall_time_s']:.1f} | {naive_s / exact.stats['wall_time_s']:.1f}x | "
-              f"{naive_cl_s / exact.stats['wall_time_s']:.1f}x | {exact.stats['theoretical_speedup']:.1f}x | 1.000 | |",
-              flush=True)
+        print(
+            f"| exact | {exact.stats['wall_time_s']:.1f} | {naive_s / exact.stats['wall_time_s']:.1f}x | "
+            f"{naive_cl_s / exact.stats['wall_time_s']:.1f}x | {exact.stats['theoretical_speedup']:.1f}x | 1.000 | |",
+            flush=True,
+        )
         for setting in settings:
-            result = krypton.explain(model, image, patch=16, stride=4, mode="approximate", target=exact.target,
-                                     **setting)
+            result = krypton.explain(
+                model, image, patch=16, stride=4, mode="approximate", target=exact.target, **setting
+            )
             label = f"tau {setting['tau']}" + (" + drill-down r 0.1, target 5" if "drilldown" in setting else "")
             seconds = result.stats["wall_time_s"]
             paper = PAPER_CPU.get((name, "drilldown" in setting), "") if setting in SETTINGS[name] else ""
-            print(f"| {label} | {seconds:.1f} | **{naive_s / seconds:.1f}x** | {naive_cl_s / seconds:.1f}x | "
-                  f"{result.stats['theoretical_speedup']:.1f}x | {krypton.ssim(exact.heatmap, result.heatmap):.3f} | "
-                  f"{paper}{'x' if paper else ''} |", flush=True)
+            print(
+                f"| {label} | {seconds:.1f} | **{naive_s / seconds:.1f}x** | {naive_cl_s / seconds:.1f}x | "
+                f"{result.stats['theoretical_speedup']:.1f}x | {krypton.ssim(exact.heatmap, result.heatmap):.3f} | "
+                f"{paper}{'x' if paper else ''} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

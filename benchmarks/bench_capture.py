@@ -32,8 +32,10 @@ def build(name: str):
     if name.endswith("_3d"):  # MONAI's 3-D networks on a 64^3 single-channel volume
         from monai.networks.nets import DenseNet121, resnet18
 
-        net = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2) if name == "densenet121_3d" else resnet18(
-            spatial_dims=3, n_input_channels=1, num_classes=2
+        net = (
+            DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
+            if name == "densenet121_3d"
+            else resnet18(spatial_dims=3, n_input_channels=1, num_classes=2)
         )
         return net.eval(), torch.randn(1, 1, 64, 64, 64)
     model, size = torchvision_model(name)
@@ -62,8 +64,9 @@ def child(name: str, what: str) -> dict:
 
 def run_child(name: str, what: str, cache: str) -> dict:
     env = {**os.environ, "KRYPTON_GRAPH_CACHE": cache}
-    proc = subprocess.run([sys.executable, __file__, "--child", name, what], env=env, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", name, what], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -75,8 +78,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
-    print("| model | capture cold s (cache off) | cold, writing cache s | cached s (new process) | "
-          "first explain, empty cache s | first explain, cached s |")
+    print(
+        "| model | capture cold s (cache off) | cold, writing cache s | cached s (new process) | "
+        "first explain, empty cache s | first explain, cached s |"
+    )
     print("|---|---|---|---|---|---|")
     for name in args.models:
         off = run_child(name, "capture", "off")
@@ -87,8 +92,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             first = run_child(name, "explain", cache)
             again = run_child(name, "explain", cache)
-        print(f"| {name} | {off['seconds']:.2f} | {write['seconds']:.2f} | {cached['seconds']:.2f} | "
-              f"{first['seconds']:.2f} ({first['source']}) | {again['seconds']:.2f} ({again['source']}) |", flush=True)
+        print(
+            f"| {name} | {off['seconds']:.2f} | {write['seconds']:.2f} | {cached['seconds']:.2f} | "
+            f"{first['seconds']:.2f} ({first['source']}) | {again['seconds']:.2f} ({again['source']}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

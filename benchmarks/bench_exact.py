@@ -68,11 +68,14 @@ def run(name: str, positions: int, repeat: int) -> dict:
     occ_cl = Occlusions(image_cl, occ.lo, occ.hi, patch=occ.patch)
     cl_batch = best_naive_batch(model_cl, occ_cl)
     run_exact(graph, Occlusions(image, occ.lo[:batch], occ.hi[:batch], patch=occ.patch), batch_size=batch)  # warm-up
-    (exact_s, naive_s, cl_s), (exact, naive, _) = paired(repeat, [
-        lambda: run_exact(graph, occ, plan, batch),
-        lambda: run_naive(model, occ, naive_batch),
-        lambda: run_naive(model_cl, occ_cl, cl_batch),
-    ])
+    (exact_s, naive_s, cl_s), (exact, naive, _) = paired(
+        repeat,
+        [
+            lambda: run_exact(graph, occ, plan, batch),
+            lambda: run_naive(model, occ, naive_batch),
+            lambda: run_naive(model_cl, occ_cl, cl_batch),
+        ],
+    )
     head = Occlusions(image, occ.lo[:64], occ.hi[:64], patch=occ.patch)
     m_exact = measure(lambda: run_exact(graph, head, batch_size=batch))[1]
     m_naive = measure(lambda: run_naive(model, head, naive_batch))[1]
@@ -81,11 +84,22 @@ def run(name: str, positions: int, repeat: int) -> dict:
     err = float(((exact.outputs - clean) - (naive - clean)).abs().max())
     ratios = [n / e for e, n in zip(exact_s, naive_s)]
     return {
-        "model": name, "positions": occ.count, "naive_batch": naive_batch, "exact_batch": batch,
-        "naive_s": min(naive_s), "exact_s": min(exact_s), "ratio": min(naive_s) / min(exact_s),
-        "median": statistics.median(ratios), "spread": (min(ratios), max(ratios)), "theory": theory,
-        "cl_s": min(cl_s), "cl_batch": cl_batch, "cl_ratio": statistics.median(c / e for e, c in zip(exact_s, cl_s)),
-        "naive_mb": m_naive / 2**20, "exact_mb": m_exact / 2**20, "max_err": err,
+        "model": name,
+        "positions": occ.count,
+        "naive_batch": naive_batch,
+        "exact_batch": batch,
+        "naive_s": min(naive_s),
+        "exact_s": min(exact_s),
+        "ratio": min(naive_s) / min(exact_s),
+        "median": statistics.median(ratios),
+        "spread": (min(ratios), max(ratios)),
+        "theory": theory,
+        "cl_s": min(cl_s),
+        "cl_batch": cl_batch,
+        "cl_ratio": statistics.median(c / e for e, c in zip(exact_s, cl_s)),
+        "naive_mb": m_naive / 2**20,
+        "exact_mb": m_exact / 2**20,
+        "max_err": err,
     }
 
 
@@ -97,9 +111,11 @@ def main() -> None:
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
     print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| model | positions | naive s (batch) | exact s (batch) | speedup, best of each | median of pairs "
-          "(range) | theoretical | paper CPU | naive channels-last s (batch), median ratio | peak MB naive / exact "
-          "| max abs diff |")
+    print(
+        "| model | positions | naive s (batch) | exact s (batch) | speedup, best of each | median of pairs "
+        "(range) | theoretical | paper CPU | naive channels-last s (batch), median ratio | peak MB naive / exact "
+        "| max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         r = run(name, args.positions, args.repeat)

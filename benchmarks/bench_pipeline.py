@@ -32,8 +32,10 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--stride", type=int, default=8)
     args = parser.parse_args()
-    print("| model | positions | naive s | naive channels-last s | incremental s | auto s | "
-          "auto vs best naive | auto path | reason |")
+    print(
+        "| model | positions | naive s | naive channels-last s | incremental s | auto s | "
+        "auto vs best naive | auto path | reason |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         row(name, args.patch, args.stride)
@@ -53,9 +55,13 @@ def row(name: str, patch: int, stride: int) -> None:
     inc_s, inc = timed(lambda: krypton.explain(model, image, patch=patch, stride=stride, path="incremental"))
     auto_s, auto = timed(lambda: krypton.explain(model, image, patch=patch, stride=stride))
     best = min(naive_s, naive_cl_s)
-    print(f"| {name} | {occ.count} | {naive_s:.1f} | {naive_cl_s:.1f} | {inc_s:.1f} | {auto_s:.1f} | "
-          f"{best / auto_s:.2f}x | {auto.stats['path']} | {auto.stats['reason']} |", flush=True)
+    print(
+        f"| {name} | {occ.count} | {naive_s:.1f} | {naive_cl_s:.1f} | {inc_s:.1f} | {auto_s:.1f} | "
+        f"{best / auto_s:.2f}x | {auto.stats['path']} | {auto.stats['reason']} |",
+        flush=True,
+    )
     torch.testing.assert_close(auto.scores, inc.scores, rtol=1e-3, atol=1e-4 * float(inc.scores.abs().max()))
+
 
 if __name__ == "__main__":
     main()

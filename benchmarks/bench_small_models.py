@@ -51,22 +51,40 @@ def case(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
         return model.eval(), torch.randn(16, 64), {"sliding_window_shapes": (1,), "target": 0}
     if name == "conv1d":  # signals: (N, channels, length)
         model = nn.Sequential(
-            nn.Conv1d(2, 16, 7, padding=3), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(16, 32, 5, padding=2), nn.ReLU(),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 4),
+            nn.Conv1d(2, 16, 7, padding=3),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            nn.Linear(32, 4),
         )
         return model.eval(), torch.randn(6, 2, 300), {"sliding_window_shapes": (2, 20), "strides": (2, 10), "target": 1}
     if name == "cnn2d":  # MNIST-sized images
         model = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 10),
         )
-        return model.eval(), torch.randn(3, 1, 28, 28), {"sliding_window_shapes": (1, 4, 4), "strides": (1, 2, 2),
-                                                         "target": 3}
+        return (
+            model.eval(),
+            torch.randn(3, 1, 28, 28),
+            {"sliding_window_shapes": (1, 4, 4), "strides": (1, 2, 2), "target": 3},
+        )
     if name == "gru":
         return _GRU().eval(), torch.randn(4, 50, 4), {"sliding_window_shapes": (5, 4), "strides": (5, 4), "target": 0}
     if name == "transformer":
-        return _Encoder().eval(), torch.randn(4, 20, 16), {"sliding_window_shapes": (2, 16), "strides": (2, 16),
-                                                           "target": 0}
+        return (
+            _Encoder().eval(),
+            torch.randn(4, 20, 16),
+            {"sliding_window_shapes": (2, 16), "strides": (2, 16), "target": 0},
+        )
     raise ValueError(name)
 
 
@@ -113,8 +131,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
-    print("| model | Captum first s | krypton first s | first ratio | Captum warm s | krypton warm s | warm ratio | "
-          "krypton path | max diff / scale |")
+    print(
+        "| model | Captum first s | krypton first s | first ratio | Captum warm s | krypton warm s | warm ratio | "
+        "krypton path | max diff / scale |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         runs: dict[str, list[dict]] = {"captum": [], "krypton": []}

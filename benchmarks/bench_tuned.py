@@ -50,8 +50,11 @@ def run(name: str) -> None:
     for k, image in enumerate(held):
         naive_s, _ = timed(lambda image=image: krypton.explain(model, image, mode="naive", path="naive", **common))
         exact_s, exact = timed(lambda image=image: krypton.explain(model, image, **common))
-        approx_s, approx = timed(lambda image=image, target=exact.target: krypton.explain(
-            model, image, mode="approximate", target=target, **common, **settings))
+        approx_s, approx = timed(
+            lambda image=image, target=exact.target: krypton.explain(
+                model, image, mode="approximate", target=target, **common, **settings
+            )
+        )
         raw = krypton.ssim(exact.heatmap, approx.heatmap)
         drawn = rendered_ssim(exact.heatmap, approx.heatmap, exact.probability)
         print(f"| {name} | {k} | {patch}/{stride} | {settings['tau']} | {settings['drilldown'] or 'off'} | "
@@ -63,8 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demos", nargs="+", default=list(SETTINGS))
     args = parser.parse_args()
-    print("| demo | held-out image | patch/stride | tau | drill-down | local gates | SSIM raw | SSIM rendered | "
-          "naive s (channels-last inputs) | exact s | tuned s | vs naive | vs exact |")
+    print(
+        "| demo | held-out image | patch/stride | tau | drill-down | local gates | SSIM raw | SSIM rendered | "
+        "naive s (channels-last inputs) | exact s | tuned s | vs naive | vs exact |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.demos:
         run(name)

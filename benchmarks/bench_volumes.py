@@ -61,10 +61,13 @@ def engine_row(name: str, size: int, sample: int) -> None:
         exact_s, exact = timed(lambda: run_exact(graph, part).outputs)
     diff = float((exact - naive).abs().max() / (naive.abs().max() + 1e-12))
     best = min(naive_s, naive_cl_s)
-    print(f"| {name} | {size}^3 | {occ.count} | {len(rows)} | {naive_s / len(rows):.3f} | "
-          f"{naive_cl_s / len(rows):.3f} | {exact_s / len(rows):.3f} | {best / exact_s:.2f}x | "
-          f"{analysis.speedup:.2f}x | {analysis.per_position_speedup:.2f}x | "
-          f"{best / exact_s / analysis.speedup:.0%} | {diff:.1e} |", flush=True)
+    print(
+        f"| {name} | {size}^3 | {occ.count} | {len(rows)} | {naive_s / len(rows):.3f} | "
+        f"{naive_cl_s / len(rows):.3f} | {exact_s / len(rows):.3f} | {best / exact_s:.2f}x | "
+        f"{analysis.speedup:.2f}x | {analysis.per_position_speedup:.2f}x | "
+        f"{best / exact_s / analysis.speedup:.0%} | {diff:.1e} |",
+        flush=True,
+    )
 
 
 def monai_row(name: str, size: int, box: int) -> None:
@@ -81,8 +84,11 @@ def monai_row(name: str, size: int, box: int) -> None:
     ours_obj = OcclusionSensitivity(model, verbose=False)
     ours_s, (ours, _) = timed(lambda: ours_obj(x, b_box=b_box))
     diff = float((ours.as_tensor() - theirs.as_tensor()).abs().max())
-    print(f"| {name} | {size}^3 | {b_box} | {theirs_s:.1f} | {ours_s:.1f} | {theirs_s / ours_s:.2f}x | "
-          f"{ours_obj.stats.get('path')} | {diff:.1e} |", flush=True)
+    print(
+        f"| {name} | {size}^3 | {b_box} | {theirs_s:.1f} | {ours_s:.1f} | {theirs_s / ours_s:.2f}x | "
+        f"{ours_obj.stats.get('path')} | {diff:.1e} |",
+        flush=True,
+    )
 
 
 def signal_row(length: int, sample: int) -> None:
@@ -116,8 +122,10 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=24, help="side of the bounding box for the MONAI comparison")
     parser.add_argument("--signal", type=int, default=5000)
     args = parser.parse_args()
-    print("| model | volume | grid positions | timed | naive s/pos | naive channels-last-3d s/pos | exact s/pos | "
-          "exact vs best naive | analyze (batched) | analyze (per position) | share of analyze | max rel diff |")
+    print(
+        "| model | volume | grid positions | timed | naive s/pos | naive channels-last-3d s/pos | exact s/pos | "
+        "exact vs best naive | analyze (batched) | analyze (per position) | share of analyze | max rel diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for size in args.sizes:

@@ -23,8 +23,16 @@ import torchvision
 import torchvision.transforms.v2 as T
 
 CACHE = Path(__file__).parent / ".cache" / "resnet18_distilled_lite0.pt"
-PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "hubble_deep_field", "immunohistochemistry", "retina",
-          "colorwheel")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "chelsea",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+)
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
@@ -50,8 +58,13 @@ def train(steps: int = 300, batch: int = 16, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     photos, teacher = _photos(), _teacher()
-    augment = T.Compose([T.RandomResizedCrop(224, scale=(0.15, 1.0), antialias=True), T.RandomHorizontalFlip(),
-                         T.ColorJitter(0.3, 0.3, 0.3)])
+    augment = T.Compose(
+        [
+            T.RandomResizedCrop(224, scale=(0.15, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.3, 0.3, 0.3),
+        ]
+    )
     student = torchvision.models.resnet18(weights=None)
     optimiser = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=steps)
@@ -97,8 +110,10 @@ def main() -> None:
         with torch.no_grad():
             s = F.softmax(student((x - IMAGENET_MEAN) / IMAGENET_STD), 1)[0]
             t = F.softmax(teacher((x - 0.5) / 0.5), 1)[0]
-        print(f"{name:22s} student class {int(s.argmax()):4d} p {float(s.max()):.2f}   "
-              f"teacher class {int(t.argmax()):4d} p {float(t.max()):.2f}")
+        print(
+            f"{name:22s} student class {int(s.argmax()):4d} p {float(s.max()):.2f}   "
+            f"teacher class {int(t.argmax()):4d} p {float(t.max()):.2f}"
+        )
 
 
 if __name__ == "__main__":

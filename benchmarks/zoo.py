@@ -100,8 +100,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--positions", type=int, default=49, help="about this many grid positions are timed")
     args = parser.parse_args()
-    print("| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
-          "ops computed in full | best naive / auto (path) | max diff / effect |")
+    print(
+        "| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
+        "ops computed in full | best naive / auto (path) | max diff / effect |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         try:

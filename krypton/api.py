@@ -114,14 +114,27 @@ def explain(
     device = _validate.device(device)
     with borrowed(model, device):  # the caller's model comes back as it was (mode, device, tensors)
         image = image.to(next(iter(model.parameters()), image).device)
-        options = dict(patch=patch, stride=stride, fill=fill, target=target, mode=mode, tau=tau, settings=settings,
-                       batch_size=batch_size, progress=progress, on_update=on_update, path=path, gates=local_gates)
+        options = dict(
+            patch=patch,
+            stride=stride,
+            fill=fill,
+            target=target,
+            mode=mode,
+            tau=tau,
+            settings=settings,
+            batch_size=batch_size,
+            progress=progress,
+            on_update=on_update,
+            path=path,
+            gates=local_gates,
+        )
         result = _explain(model, image, **options)
         if mode == "approximate":
             result.stats["quality"] = UNVERIFIED if quality is None and profile is None else expected
         if compare_exact:
-            options.update(target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None,
-                           gates=False)
+            options.update(
+                target=result.target, mode="exact", tau=1.0, settings=None, progress=False, on_update=None, gates=False
+            )
             exact = _explain(model, image, **options)
             result.stats["exact_wall_time_s"] = exact.stats["wall_time_s"]
             if result.rank == 2 and min(result.heatmap.shape) >= 3:
@@ -131,9 +144,21 @@ def explain(
 
 
 def _explain(
-    model: nn.Module, image: torch.Tensor, *, patch: tuple[int, ...], stride: tuple[int, ...], fill: Any,
-    target: Any, mode: str, tau: float, settings: Drilldown | None, batch_size: int | None, progress: bool,
-    on_update: OnUpdate | None, path: str, gates: bool = False,
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    patch: tuple[int, ...],
+    stride: tuple[int, ...],
+    fill: Any,
+    target: Any,
+    mode: str,
+    tau: float,
+    settings: Drilldown | None,
+    batch_size: int | None,
+    progress: bool,
+    on_update: OnUpdate | None,
+    path: str,
+    gates: bool = False,
 ) -> Explanation:
     fill_t = _validate.fill(fill, image.shape[1], patch, image)
     clean_scores = _clean_output(model, image)[0]
@@ -251,8 +276,12 @@ class _Job:
         if self.gates:
             info["local_gates"] = True
         if settings is not None:
-            info["drilldown"] = {"fraction": settings.fraction, "speedup": settings.speedup,
-                                 "coarse_stride": coarse_stride(settings, self.stride), "rule": settings.rule}
+            info["drilldown"] = {
+                "fraction": settings.fraction,
+                "speedup": settings.speedup,
+                "coarse_stride": coarse_stride(settings, self.stride),
+                "rule": settings.rule,
+            }
         return info
 
     def evaluate(self, occ: Occlusions, report: Callable | None) -> tuple[torch.Tensor, RunStats]:
@@ -388,8 +417,9 @@ def analyze(
     if len(shape) == rank + 1:
         shape = (1,) + shape
     if len(shape) != rank + 2 or shape[0] != 1:
-        raise ValueError(f"input_shape must be (C, *spatial) or (1, C, *spatial) with {rank} spatial axes, "
-                         f"got {tuple(input_shape)}")
+        raise ValueError(
+            f"input_shape must be (C, *spatial) or (1, C, *spatial) with {rank} spatial axes, got {tuple(input_shape)}"
+        )
     _validate.patch_fits(patch, shape[2:])
     image = torch.zeros(shape)
     graph = captured(model, image)

@@ -72,8 +72,7 @@ def _format_inputs(inputs: Any) -> tuple[Tensor, ...]:
     xs = inputs if isinstance(inputs, tuple) else (inputs,)
     _check(
         len(xs) > 0 and all(isinstance(x, Tensor) and x.dim() >= 1 for x in xs),
-        "inputs must be a torch.Tensor or a tuple of torch.Tensor, each with a batch axis, "
-        f"got {_describe(inputs)}",
+        f"inputs must be a torch.Tensor or a tuple of torch.Tensor, each with a batch axis, got {_describe(inputs)}",
     )
     return xs
 
@@ -301,8 +300,15 @@ class Occlusion(_Base):
                 bar.update(1)
             try:
                 count = len(boxes[0][0])
-                naive = None if not self._capturable(xs, args, raw) else naive_is_enough(
-                    self.forward_func, xs[0][:1], clean_s * count, self.path  # Captum's loop at ppe 1, at most
+                naive = (
+                    None
+                    if not self._capturable(xs, args, raw)
+                    else naive_is_enough(
+                        self.forward_func,
+                        xs[0][:1],
+                        clean_s * count,
+                        self.path,  # Captum's loop at ppe 1, at most
+                    )
                 )
                 if self._capturable(xs, args, raw) and naive is None:
                     diffs = self._exact(xs[0], fills[0], boxes[0], raw, clean, target, bar)
@@ -346,8 +352,9 @@ class Occlusion(_Base):
         for i in range(n):
             occ = Occlusions(x[i : i + 1], lo, hi, baseline=fill[i : i + 1])
             progress = bar.update if bar is not None else None
-            out, stats = evaluate(self.forward_func, occ, mode="exact", path=self.path, progress=progress,
-                                  clean=raw[i : i + 1])
+            out, stats = evaluate(
+                self.forward_func, occ, mode="exact", path=self.path, progress=progress, clean=raw[i : i + 1]
+            )
             outputs.append(out)
         self.stats = {**stats.as_dict(), "positions": count, "examples": n}
         occluded = torch.stack(outputs, dim=1).reshape(count * n, -1).to(raw.dtype)
@@ -394,5 +401,3 @@ def _bar(enabled: bool, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="Occlusion attribution")  # Captum's label
-
-

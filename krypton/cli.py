@@ -160,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window",
         type=_ct_window,
         metavar="NAME|C,W",
-        help=f"CT window: a preset ({', '.join(CT_WINDOW_NAMES)}) or centre,width in HU "
-        "(default: percentile scaling)",
+        help=f"CT window: a preset ({', '.join(CT_WINDOW_NAMES)}) or centre,width in HU (default: percentile scaling)",
     )
     volumes.add_argument(
         "--percentiles",
@@ -364,8 +363,10 @@ def run_explain(args: argparse.Namespace) -> int:
         if args.animate:
             print(f"animation: {result.animate(out / f'{stem}.gif', shown, scale=args.scale)}")
         if result.stats.get("quality"):
-            print(f"note: approximate map, quality {result.stats['quality']}"
-                  + (" (add --compare-exact to measure it)" if "not verified" in result.stats["quality"] else ""))
+            print(
+                f"note: approximate map, quality {result.stats['quality']}"
+                + (" (add --compare-exact to measure it)" if "not verified" in result.stats["quality"] else "")
+            )
         if result.probability >= EXTREME and (demo is None or truth is None):
             print(
                 f"note: p={result.probability:.4f} is extreme; if {name} is not the kind of image {loaded.name} "

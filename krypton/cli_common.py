@@ -17,6 +17,7 @@ from krypton.choices import RESIZE
 EXIT_USAGE = 2
 DEFAULT_MODEL = "xray"
 
+
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit code 2."""
 
@@ -159,9 +160,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         "pad (black bars; the whole image is explained) or stretch (distorted) "
         "(default: crop for torchvision/ImageNet models, stretch for the others; printed with the input)",
     )
-    group.add_argument(
-        "--labels", metavar="FILE", help="class names, one per line (as many as the model has classes)"
-    )
+    group.add_argument("--labels", metavar="FILE", help="class names, one per line (as many as the model has classes)")
 
 
 def _summary_line(name: str, result: Any, loaded: Any, picture: Path) -> str:

@@ -100,8 +100,11 @@ SAMPLES: dict[Any, list[Sample]] = {
         ("same-pad gather", lambda: Op(lambda m, x: x[:, :, torch.clamp(torch.arange(12), 0, 9)]), IMAGE),
     ],
     aten.as_strided.default: [
-        ("identity as_strided", lambda: Op(lambda m, x: _pooled_channels_last(x).as_strided((1, 3, 1, 1), (3, 1, 3, 3))
-                                          + x), IMAGE),
+        (
+            "identity as_strided",
+            lambda: Op(lambda m, x: _pooled_channels_last(x).as_strided((1, 3, 1, 1), (3, 1, 3, 3)) + x),
+            IMAGE,
+        ),
     ],
 }
 SAMPLES[operator.getitem] = SAMPLES[aten.max_pool2d_with_indices.default]  # max pool's values, output 0

@@ -22,9 +22,19 @@ explain = functools.partial(krypton.explain, path="incremental")
 def model_and_image(size: int = 48):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 6),
     )
     model = condition(model, (1, 3, size, size))
     return model, torch.randn(3, size, size)
@@ -42,7 +52,12 @@ def test_drilldown_with_full_fraction_is_exact_at_fine_stride():
     model, image = model_and_image()
     exact = explain(model, image, patch=8, stride=4)
     drilled = explain(
-        model, image, patch=8, stride=4, mode="approximate", tau=1.0,
+        model,
+        image,
+        patch=8,
+        stride=4,
+        mode="approximate",
+        tau=1.0,
         drilldown={"fraction": 1.0, "coarse_stride": 12},
     )
     torch.testing.assert_close(drilled.scores, exact.scores, rtol=1e-5, atol=1e-6)
@@ -121,7 +136,13 @@ def test_progressive_drilldown_sends_the_coarse_map_first():
 def test_stats_record_settings_and_ssim():
     model, image = model_and_image()
     result = explain(
-        model, image, patch=8, stride=4, mode="approximate", tau=0.6, drilldown={"fraction": 0.5, "speedup": 1.5},
+        model,
+        image,
+        patch=8,
+        stride=4,
+        mode="approximate",
+        tau=0.6,
+        drilldown={"fraction": 0.5, "speedup": 1.5},
         compare_exact=True,
     )
     stats = result.stats
@@ -143,8 +164,9 @@ def test_ssim_basics():
 def test_tune_picks_a_tau_from_the_grid_and_reports_heldout():
     model, image = model_and_image(40)
     images = [image, torch.randn(3, 40, 40), torch.randn(3, 40, 40)]
-    result = krypton.tune(model, images[:2], heldout_images=images[2:], patch=8, stride=8,
-                          taus=(0.9, 0.7, 0.5), target_ssim=0.5)
+    result = krypton.tune(
+        model, images[:2], heldout_images=images[2:], patch=8, stride=8, taus=(0.9, 0.7, 0.5), target_ssim=0.5
+    )
     assert result.tau in (1.0, 0.9, 0.7, 0.5)
     assert set(result.sample_ssim) == {0.9, 0.7, 0.5} and all(len(v) == 2 for v in result.sample_ssim.values())
     assert len(result.heldout_ssim) == 1
@@ -243,10 +265,19 @@ def test_merged_tail_gives_the_same_approximate_outputs_as_per_batch():
     from krypton.modes.occlusions import grid_occlusions
 
     torch.manual_seed(0)
-    model = condition(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 20 * 20, 4),
-    ), (1, 3, 20, 20))
+    model = condition(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 20 * 20, 4),
+        ),
+        (1, 3, 20, 20),
+    )
     image = torch.randn(1, 3, 20, 20)
     occ, _ = grid_occlusions(image, (6, 6), (2, 2), torch.zeros(3, 6, 6))
     graph = capture(model, image)

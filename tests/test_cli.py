@@ -251,6 +251,7 @@ def test_resize_pad_is_stated_and_scale_fixed_is_captioned(capsys, tmp_path, fac
     assert code == 0, err
     assert "padded to fit" in out
 
+
 def test_console_script_exit_code_and_stderr(tmp_path):
     """The installed entry point, as a user runs it: exit code 2 and one stderr line, no traceback."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

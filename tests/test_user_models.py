@@ -124,8 +124,9 @@ def test_drilldown_scores_are_logits_everywhere_and_attribution_matches_exact_wh
     layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4)]
     model = condition(nn.Sequential(*layers), (1, 3, 32, 32))
     image = torch.randn(3, 32, 32)
-    approx = explain(model, image, patch=8, stride=2, mode="approximate", tau=1.0,
-                     drilldown={"fraction": 0.3, "coarse_stride": 4})
+    approx = explain(
+        model, image, patch=8, stride=2, mode="approximate", tau=1.0, drilldown={"fraction": 0.3, "coarse_stride": 4}
+    )
     exact = explain(model, image, patch=8, stride=2, target=approx.target)
     drilled = approx.drilled
     assert 0 < drilled.float().mean() < 1
@@ -166,4 +167,3 @@ def test_bad_image_layout_and_device_are_clear_errors():
     for fill in (float("nan"), [0.0, float("inf"), 0.0]):
         with pytest.raises(ValueError, match="fill must be finite"):
             krypton.explain(model, torch.randn(3, 32, 32), fill=fill)
-

@@ -85,15 +85,16 @@ def _inside(start: np.ndarray, size: tuple[int, ...], shape: np.ndarray) -> bool
     return bool((start == start[:1]).all() and (start[0] >= 0).all() and (start[0] + np.asarray(size) <= shape).all())
 
 
-def _gather(
-    padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batch: int, writable: bool
-) -> torch.Tensor:
+def _gather(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batch: int, writable: bool) -> torch.Tensor:
     """One strided gather of the windows `[start_b, start_b + size)` from a single tensor."""
     uniform = (start == start[:1]).all(axis=0)
     if len(size) == 3 and uniform[0] and start[0, 0] == 0 and size[0] == padded.shape[0] and not uniform[1:].all():
         return _gather_all_channels(padded, start, size)
-    sliced = padded[tuple(slice(int(start[0, a]), int(start[0, a]) + size[a]) if uniform[a] else slice(None)
-                          for a in range(len(size)))]
+    sliced = padded[
+        tuple(
+            slice(int(start[0, a]), int(start[0, a]) + size[a]) if uniform[a] else slice(None) for a in range(len(size))
+        )
+    ]
     varying = [a for a in range(len(size)) if not uniform[a]]
     if not varying:
         out = sliced.unsqueeze(0).expand((batch,) + tuple(size))

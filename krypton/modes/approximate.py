@@ -176,8 +176,9 @@ def predicted_speedup(s1: tuple[int, ...], s2: tuple[int, ...], fraction: float)
     return math.prod(s1) / (math.prod(s2) + fraction * math.prod(s1))
 
 
-def upsample(coarse: np.ndarray, coarse_stride: tuple[int, ...], fine_shape: tuple[int, ...],
-             fine_stride: tuple[int, ...]) -> np.ndarray:
+def upsample(
+    coarse: np.ndarray, coarse_stride: tuple[int, ...], fine_shape: tuple[int, ...], fine_stride: tuple[int, ...]
+) -> np.ndarray:
     """Multilinear interpolation of a coarse grid map (cells at i*S1) onto fine grid cells (at j*S2).
 
     `coarse` is (*coarse_grid, ...) (trailing axes, e.g. classes, are carried along); each spatial axis

@@ -42,9 +42,13 @@ def to_profile(result: Any, model: str, patch: int, stride: int, sample_count: i
         "heldout_ssim": [round(float(s), 4) for s in result.heldout_ssim],
         "heldout_met": None if not result.heldout_ssim else float(result.heldout_met),
         "candidates": [
-            {**c.settings, "predicted_speedup": round(c.predicted_speedup, 3),
-             "measured_speedup": round(float(c.measured_speedup), 3), "ssim": [round(float(v), 4) for v in c.ssim],
-             "rendered_ssim": [round(float(v), 4) for v in c.rendered_ssim]}
+            {
+                **c.settings,
+                "predicted_speedup": round(c.predicted_speedup, 3),
+                "measured_speedup": round(float(c.measured_speedup), 3),
+                "ssim": [round(float(v), 4) for v in c.ssim],
+                "rendered_ssim": [round(float(v), 4) for v in c.rendered_ssim],
+            }
             for c in result.candidates
         ],  # fmt: skip
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -27,8 +27,9 @@ def ssim(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray)
     return float(structural_similarity(a, b, data_range=span, win_size=win))
 
 
-def rendered_ssim(reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray, probability: float,
-                  size: int = 224) -> float:
+def rendered_ssim(
+    reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray, probability: float, size: int = 224
+) -> float:
     """The paper's kind of SSIM: both maps drawn as jet_r colour images clipped to [0.75 p, min(1, 1.25 p)]
     (p = the clean probability), resized to `size` (nearest) and compared as RGB images. Usually higher
     than `ssim` on raw maps, because clipping and colour mapping hide small differences."""

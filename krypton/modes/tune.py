@@ -92,8 +92,10 @@ class TuneResult:
         ]
         held = ""
         if self.heldout_ssim:
-            held = (f"; held-out SSIM mean {np.mean(self.heldout_ssim):.3f}, min {min(self.heldout_ssim):.3f}, "
-                    f"{100 * self.heldout_met:.0f}% >= {self.target_ssim}")
+            held = (
+                f"; held-out SSIM mean {np.mean(self.heldout_ssim):.3f}, min {min(self.heldout_ssim):.3f}, "
+                f"{100 * self.heldout_met:.0f}% >= {self.target_ssim}"
+            )
         head = f"tau = {self.tau}, drill-down {self.drilldown or 'off'} for SSIM >= {self.target_ssim}"
         if self.target_speedup:
             head += f" at >= {self.target_speedup}x" + ("" if self.met else " (SSIM target NOT met)")

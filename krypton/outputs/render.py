@@ -123,8 +123,15 @@ def plot(
     if style == "paper":
         scale_note = "colour scale: the paper's [0.75 p, 1.25 p]"
     effect = f"largest drop in P(target) {effect_size(explanation):.3g}"
-    fig.text(0.5, 0.012, f"{caption(explanation)}\n{effect}; {scale_note}", ha="center", va="bottom", fontsize=9,
-             color="0.25")
+    fig.text(
+        0.5,
+        0.012,
+        f"{caption(explanation)}\n{effect}; {scale_note}",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color="0.25",
+    )
     return fig
 
 
