@@ -1,12 +1,13 @@
-"""A torchvision ResNet18 with learned weights, made here: distilled from the bundled ImageNet model.
+"""Torchvision CNNs with learned weights, made here: distilled from the bundled ImageNet model.
 
-No package ships trained ResNet18 weights offline, and random weights spread an occlusion's effect over
-the whole map, which is not what projective-field thresholding is designed for. This trains a ResNet18
-to reproduce EfficientNet-Lite0's ImageNet class probabilities (KL divergence) on random crops, flips,
-colour jitter and random black squares of scikit-image's colour photos (astronaut, coffee, rocket,
-chelsea, hubble_deep_field, immunohistochemistry, retina, colorwheel). It is a stand-in for a trained
-network, not an ImageNet classifier: it has seen eight photos. The weights are cached in
-`benchmarks/.cache/` (not in git); training takes about 5 minutes on 2 cores.
+No package ships trained ResNet18 (or MobileNetV3, EfficientNet-B0, RegNetY) weights offline, and random
+weights spread an occlusion's effect over the whole map, which is not what projective-field thresholding is
+designed for. This trains a ResNet18 (or another torchvision architecture: `distilled(arch)`; the squeeze-
+excitation benchmark uses three) to reproduce EfficientNet-Lite0's ImageNet class probabilities (KL
+divergence) on random crops, flips, colour jitter and random black squares of scikit-image's colour photos
+(astronaut, coffee, rocket, chelsea, hubble_deep_field, immunohistochemistry, retina, colorwheel). It is a
+stand-in for a trained network, not an ImageNet classifier: it has seen eight photos. The weights are cached
+in `benchmarks/.cache/` (not in git); training a ResNet18 takes about 5 minutes on 2 cores.
 
     .venv/bin/python benchmarks/distilled_resnet18.py        # train (or load) and compare with the teacher
 """
@@ -53,8 +54,8 @@ def _teacher() -> torch.nn.Module:
     return DEMOS["imagenet"].load().module.eval()  # its preprocessing: (x - 0.5) / 0.5 on [0, 1] RGB
 
 
-def train(steps: int = 300, batch: int = 16, seed: int = 0) -> torch.nn.Module:
-    """Distil the teacher into a fresh torchvision ResNet18 (ImageNet normalisation on its input)."""
+def train(steps: int = 300, batch: int = 16, seed: int = 0, arch: str = "resnet18") -> torch.nn.Module:
+    """Distil the teacher into a fresh torchvision `arch` (ImageNet normalisation on its input)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     photos, teacher = _photos(), _teacher()
@@ -65,7 +66,7 @@ def train(steps: int = 300, batch: int = 16, seed: int = 0) -> torch.nn.Module:
             T.ColorJitter(0.3, 0.3, 0.3),
         ]
     )
-    student = torchvision.models.resnet18(weights=None)
+    student = getattr(torchvision.models, arch)(weights=None)
     optimiser = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=steps)
     start = time.perf_counter()
@@ -93,14 +94,19 @@ def train(steps: int = 300, batch: int = 16, seed: int = 0) -> torch.nn.Module:
     return student.eval()
 
 
-def distilled_resnet18() -> torch.nn.Module:
-    """The cached distilled ResNet18, trained first if there is none."""
-    model = torchvision.models.resnet18(weights=None)
-    if not CACHE.exists():
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(train().state_dict(), CACHE)
-    model.load_state_dict(torch.load(CACHE, weights_only=True))
+def distilled(arch: str) -> torch.nn.Module:
+    """The cached distilled torchvision `arch`, trained first if there is none."""
+    cache = CACHE if arch == "resnet18" else CACHE.with_name(f"{arch}_distilled_lite0.pt")
+    model = getattr(torchvision.models, arch)(weights=None)
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(train(arch=arch).state_dict(), cache)
+    model.load_state_dict(torch.load(cache, weights_only=True))
     return model.eval()
+
+
+def distilled_resnet18() -> torch.nn.Module:
+    return distilled("resnet18")
 
 
 def main() -> None:

@@ -7,7 +7,11 @@ sample of positions evaluated by `krypton.explain(path="auto")` and naive (the f
 channels-last) side by side, with the largest difference relative to the occlusion effect in float32.
 timm is a benchmark-only dependency (`pip install timm==1.0.31`).
 
-    .venv/bin/python benchmarks/zoo.py [--models resnet18 tv:vgg11 ...] [--positions 49]
+`--float64` checks exactness instead: the model and image in float64, the engine itself (`run_exact` on
+the captured graph, no self-check and no fallback in between) against full re-inference on the same
+positions; the largest difference relative to the occlusion effect should be at rounding level (<= 1e-9).
+
+    .venv/bin/python benchmarks/zoo.py [--models resnet18 tv:vgg11 ...] [--positions 49] [--float64]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import krypton  # noqa: E402
+from krypton.capture import capture  # noqa: E402
+from krypton.modes.exact import run_exact  # noqa: E402
 from krypton.modes.naive import run_naive  # noqa: E402
 from krypton.modes.occlusions import grid_occlusions  # noqa: E402
 from krypton.pipeline import graph_for, graphs  # noqa: E402
@@ -73,7 +79,7 @@ def row(name: str, positions: int) -> str:
     full = Counter(op.removeprefix("aten.") for _, op in exact.fallbacks)
     full_text = ", ".join(f"{op}x{n}" for op, n in full.most_common()) or "none"
     gate_text = f"{gates.speedup:.2f}" if gates.incremental_macs < exact.incremental_macs else "-"
-    stride = max(8, (224 - 16) // (int(positions**0.5) - 1)) if positions > 1 else 208
+    stride = _stride(positions)
     occ, _ = grid_occlusions(image[None], (16, 16), (stride, stride), torch.zeros(3, 16, 16))
     cl_model, cl_image = channels_last(model, image[None])
     cl_occ, _ = grid_occlusions(cl_image, (16, 16), (stride, stride), torch.zeros(3, 16, 16))
@@ -95,11 +101,45 @@ def row(name: str, positions: int) -> str:
             f"{occ.count} | {full_text} | {best / auto_s:.2f} ({result.stats['path']}) | {diff:.1e} |")  # fmt: skip
 
 
+def exactness_row(name: str, positions: int) -> str:
+    """Engine vs full re-inference in float64 on a grid of about `positions` positions."""
+    model = build(name).double()
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    stride = _stride(positions)
+    occ, _ = grid_occlusions(image, (16, 16), (stride, stride), torch.zeros(3, 16, 16, dtype=torch.float64))
+    try:
+        graph = capture(model, image)
+    except Exception as exc:  # noqa: BLE001 - a model the engine cannot capture is a result too
+        return f"| {name} | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
+    with torch.no_grad():
+        naive = run_naive(model, occ, 16)
+        clean = model(image)[0]
+    engine = run_exact(graph, occ).outputs
+    effect = float((naive - clean).abs().max()) + 1e-300
+    diff = float((engine - naive).abs().max())
+    return f"| {name} | {occ.count} | {effect:.3g} | {diff / effect:.1e} |"
+
+
+def _stride(positions: int) -> int:
+    return max(8, (224 - 16) // (int(positions**0.5) - 1)) if positions > 1 else 208
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=list(ZOO))
     parser.add_argument("--positions", type=int, default=49, help="about this many grid positions are timed")
+    parser.add_argument("--float64", action="store_true", help="check exactness in float64 instead of timing")
     args = parser.parse_args()
+    if args.float64:
+        print("| model | positions | occlusion effect (max abs output change) | max engine-naive diff / effect |")
+        print("|---|---|---|---|")
+        for name in args.models:
+            try:
+                print(exactness_row(name, args.positions), flush=True)
+            except Exception as exc:  # noqa: BLE001 - one broken model must not end the table
+                print(f"| {name} | error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | |", flush=True)
+        return
     print(
         "| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
         "ops computed in full | best naive / auto (path) | max diff / effect |"
