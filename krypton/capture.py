@@ -119,6 +119,7 @@ def graph_of(module: fx.GraphModule) -> Graph:
     """Index an (unlifted) exported module: fuse channels-last row linears, split multi-output splits into
     slices, bind every call's arguments."""
     _fuse_row_linears(module)
+    _fuse_batched_linears(module)
     _splits_as_slices(module)
     return _index(module)
 
@@ -193,6 +194,55 @@ def _fuse_row_linears(module: fx.GraphModule) -> None:
         back.replace_all_uses_with(fused)
     module.graph.eliminate_dead_code()
     module.recompile()
+
+
+def _fuse_batched_linears(module: fx.GraphModule) -> None:
+    """Rewrite `view(expand(x)) @ view(expand(W.T))` via `bmm`, viewed back to x's shape, as one `linear`.
+
+    `nn.Linear` on a non-contiguous channels-last view (`fc(x.permute(0, 2, 3, 1))`) exports this way: the
+    views fold the batch axis into the rows of a batched matrix product, which no box can describe. It is
+    the same per-pixel product as `linear(x, W)` (the bias, if any, stays a separate add).
+    """
+    aten = torch.ops.aten
+    views = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+    for bmm in list(module.graph.nodes):
+        if bmm.op != "call_function" or bmm.target != aten.bmm.default:
+            continue
+        rows, weights = bmm.args[0], bmm.args[1]
+        source, weight = _through_view_expand(rows, views), _through_view_expand(weights, views, broadcast=True)
+        back = _only_user(bmm)
+        if source is None or weight is None or back is None or back.target not in views:
+            continue
+        if weight.target != aten.permute.default or weight.args[1] not in ([1, 0], [-1, -2], (1, 0)):
+            continue
+        matrix = weight.args[0]
+        src_shape, b_shape, out_shape = _shape_of(source), _shape_of(weights), _shape_of(back)  # B: (n, C, N)
+        if not isinstance(matrix, fx.Node) or src_shape is None or b_shape is None or out_shape is None:
+            continue
+        if len(src_shape) < 3 or len(b_shape) != 3 or src_shape[-1] != b_shape[1]:
+            continue
+        if tuple(out_shape) != tuple(src_shape[:-1]) + (b_shape[2],):
+            continue
+        with module.graph.inserting_before(back):
+            fused = module.graph.call_function(aten.linear.default, (source, matrix))
+        fused.meta = dict(back.meta)
+        back.replace_all_uses_with(fused)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+
+
+def _through_view_expand(node: Any, views: tuple[Any, ...], broadcast: bool = False) -> fx.Node | None:
+    """x for `view(expand(x, x.shape), ...)` (an expand that changes nothing; with `broadcast`, one that
+    only adds leading axes, as for the weight matrix), else None."""
+    if not isinstance(node, fx.Node) or node.target not in views or not isinstance(node.args[0], fx.Node):
+        return None
+    expand = node.args[0]
+    if expand.target != torch.ops.aten.expand.default or not isinstance(expand.args[0], fx.Node):
+        return None
+    inner = expand.args[0]
+    before, after = tuple(_shape_of(inner) or ()), tuple(_shape_of(expand) or ())
+    kept = before == after or (broadcast and 0 < len(before) <= len(after) and after[-len(before) :] == before)
+    return inner if kept else None
 
 
 def _index(module: fx.GraphModule) -> Graph:

@@ -109,7 +109,8 @@ class Merge(nn.Module):
 
 
 class ChannelsLast(nn.Module):
-    """ConvNeXt-style block: depthwise conv, permute to channels-last, layer norm, MLP, permute back."""
+    """ConvNeXt-style block: depthwise conv, permute to channels-last, layer norm, MLP, permute back; plus a
+    linear straight on the (non-contiguous) permuted view, which exports as a batched matrix product."""
 
     def __init__(self):
         super().__init__()
@@ -118,12 +119,13 @@ class ChannelsLast(nn.Module):
         self.norm = nn.LayerNorm(8)
         self.up = nn.Linear(8, 16)
         self.down = nn.Linear(16, 8)
+        self.mix = nn.Linear(8, 8)
         self.head = Head(8 * 5 * 6)
 
     def forward(self, x):
         y = self.stem(x)
         z = self.dw(y).permute(0, 2, 3, 1)
-        z = self.down(F.gelu(self.up(self.norm(z))))
+        z = self.down(F.gelu(self.up(self.norm(z)))) + self.mix(z)
         y = y + z.permute(0, 3, 1, 2)
         return self.head(y)
 

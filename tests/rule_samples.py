@@ -77,7 +77,10 @@ SAMPLES: dict[Any, list[Sample]] = {
     aten.addmm.default: [("fully connected", lambda: Op(lambda m, x: m.fc(x.flatten(1)), fc=nn.Linear(360, 4)), IMAGE)],
     aten.mm.default: [("mm", lambda: Op(lambda m, x: x.flatten(1) @ m.fc.weight.t(), fc=nn.Linear(360, 4)), IMAGE)],
     aten.bmm.default: [("bmm", lambda: Op(lambda m, x: torch.bmm(x.flatten(2), x.flatten(2).transpose(1, 2))), IMAGE)],
-    aten.linear.default: [("row linear", lambda: Op(lambda m, x: m.fc(x), fc=nn.Linear(12, 5)), IMAGE)],
+    aten.linear.default: [
+        ("row linear", lambda: Op(lambda m, x: m.fc(x), fc=nn.Linear(12, 5)), IMAGE),
+        ("linear on a permuted view", lambda: Op(lambda m, x: m.fc(x.permute(0, 2, 3, 1)), fc=nn.Linear(3, 5)), IMAGE),
+    ],
     aten.slice.Tensor: [
         ("slice stepped", lambda: Op(lambda m, x: x[:, :, 1:9:3]), IMAGE),
         ("split", lambda: Op(lambda m, x: torch.cat(torch.split(x, [5, 7], dim=3)[::-1], dim=3)), IMAGE),
