@@ -394,3 +394,26 @@ def test_quality_from_a_profile_sets_the_approximation_and_labels_the_map(tmp_pa
         krypton.explain(model, image, patch=8, stride=4, quality=0.6, profile=tuned)
     with pytest.raises(ValueError, match="cannot read tuning profile"):
         krypton.explain(model, image, patch=8, stride=4, mode="approximate", profile=tmp_path / "missing.json")
+
+
+def test_a_profile_whose_held_out_images_missed_the_target_is_labelled_unverified():
+    from krypton.modes import profiles
+
+    kept = {"target_ssim": 0.9, "sample_images": 2, "heldout_ssim": [0.93, 0.95]}
+    missed = {"target_ssim": 0.9, "sample_images": 2, "heldout_ssim": [0.861]}
+    assert profiles.expectation(kept) == "expected: SSIM >= 0.9 (tuned on 2 image(s), held-out min 0.930 on 2 image(s))"
+    assert profiles.expectation(missed).startswith("not verified: tuned for SSIM >= 0.9 on 2 image(s), but held-out")
+    assert "0.861" in profiles.expectation(missed)
+
+
+def test_bundled_demo_profiles_are_found_without_a_user_profile(tmp_path, monkeypatch):
+    """The ImageNet demo ships its profile (tuned on its photos other than the default one)."""
+    from krypton.modes import profiles
+
+    monkeypatch.setenv("KRYPTON_PROFILES", str(tmp_path))  # no user profiles
+    found = profiles.find("imagenet", 32, 8, 0.9)
+    assert found is not None and found[1].parent == profiles.BUNDLED
+    profile = found[0]
+    assert profile["model"] == "imagenet" and profile["target_ssim"] == 0.9 and profile["heldout_ssim"]
+    assert set(profiles.settings_of(profile)) >= {"tau", "drilldown", "local_gates"}
+    assert profiles.find("imagenet", 32, 8, 0.95) is None  # it promises no more than it was tuned for
