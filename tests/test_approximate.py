@@ -407,7 +407,7 @@ def test_a_profile_whose_held_out_images_missed_the_target_is_labelled_unverifie
 
 
 def test_bundled_demo_profiles_are_found_without_a_user_profile(tmp_path, monkeypatch):
-    """The ImageNet demo ships its profile (tuned on its photos other than the default one)."""
+    """The ImageNet and X-ray demos ship their profiles (tuned on images other than each one's default)."""
     from krypton.modes import profiles
 
     monkeypatch.setenv("KRYPTON_PROFILES", str(tmp_path))  # no user profiles
@@ -417,3 +417,5 @@ def test_bundled_demo_profiles_are_found_without_a_user_profile(tmp_path, monkey
     assert profile["model"] == "imagenet" and profile["target_ssim"] == 0.9 and profile["heldout_ssim"]
     assert set(profiles.settings_of(profile)) >= {"tau", "drilldown", "local_gates"}
     assert profiles.find("imagenet", 32, 8, 0.95) is None  # it promises no more than it was tuned for
+    xray = profiles.find("xray", 16, 4, 0.9)  # no approximation kept 0.9 on the X-rays: exact, said so
+    assert xray is not None and profiles.settings_of(xray[0])["tau"] == 1.0 and xray[0]["settings"]["drilldown"] is None
