@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,6 +126,26 @@ def _stride(positions: int) -> int:
     return max(8, (224 - 16) // (int(positions**0.5) - 1)) if positions > 1 else 208
 
 
+TIMING_HEADER = (
+    "| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
+    "ops computed in full | best naive / auto (path) | max diff / effect |"
+)
+EXACTNESS_HEADER = "| model | positions | occlusion effect (max abs output change) | max engine-naive diff / effect |"
+
+
+def table(header: str, make_row: Callable[[str, int], str], models: list[str], positions: int) -> None:
+    """Print a markdown table, one row per model; a model that breaks gets an error row, not a traceback."""
+    columns = header.count("|") - 1
+    print(header)
+    print("|" + "---|" * columns)
+    for name in models:
+        try:
+            print(make_row(name, positions), flush=True)
+        except Exception as exc:  # noqa: BLE001 - one broken model must not end the table
+            error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            print(f"| {name} | {error} |" + " |" * (columns - 2), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=list(ZOO))
@@ -132,24 +153,9 @@ def main() -> None:
     parser.add_argument("--float64", action="store_true", help="check exactness in float64 instead of timing")
     args = parser.parse_args()
     if args.float64:
-        print("| model | positions | occlusion effect (max abs output change) | max engine-naive diff / effect |")
-        print("|---|---|---|---|")
-        for name in args.models:
-            try:
-                print(exactness_row(name, args.positions), flush=True)
-            except Exception as exc:  # noqa: BLE001 - one broken model must not end the table
-                print(f"| {name} | error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | |", flush=True)
-        return
-    print(
-        "| model | capture s | analyze | per-position limit | analyze, local gates | positions | "
-        "ops computed in full | best naive / auto (path) | max diff / effect |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.models:
-        try:
-            print(row(name, args.positions), flush=True)
-        except Exception as exc:  # noqa: BLE001 - one broken model must not end the table
-            print(f"| {name} | error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} |||||||", flush=True)
+        table(EXACTNESS_HEADER, exactness_row, args.models, args.positions)
+    else:
+        table(TIMING_HEADER, row, args.models, args.positions)
 
 
 if __name__ == "__main__":
