@@ -52,6 +52,7 @@ class Graph:
     output: fx.Node
     shapes: dict[fx.Node, Any]  # node -> torch.Size, or tuple of sizes for multi-output ops
     static: dict[fx.Node, Any] | None = None  # image-independent values, filled by engine.materialize on use
+    unchecked_digest: str | None = None  # loaded from the disk cache and not yet checked against the model
 
 
 def bind(target: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def graph_of(module: fx.GraphModule) -> Graph:
     _fuse_row_linears(module)
     _fuse_batched_linears(module)
     _splits_as_slices(module)
-    return _index(module)
+    return indexed(module)
 
 
 def _splits_as_slices(module: fx.GraphModule) -> None:
@@ -245,7 +246,8 @@ def _through_view_expand(node: Any, views: tuple[Any, ...], broadcast: bool = Fa
     return inner if kept else None
 
 
-def _index(module: fx.GraphModule) -> Graph:
+def indexed(module: fx.GraphModule) -> Graph:
+    """The Graph of a module already rewritten by `graph_of` (e.g. one loaded from the disk cache)."""
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise CaptureError(f"the model must take exactly one tensor input, got {len(placeholders)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_disk_cache_binds_live_weights_and_checks_the_graph(tmp_path, monkeypatc
     monkeypatch.setenv("KRYPTON_GRAPH_CACHE", str(tmp_path))
     model, image = cnn(), torch.randn(1, 3, 12, 12)
     assert graph_for(model, image).source == "captured"
-    assert len(list(tmp_path.glob("*.pt2"))) == 1
+    assert len(list(tmp_path.glob("*.graph"))) == 1
     graphs.clear()
     with torch.no_grad():  # new weights, same architecture: the stored graph serves them
         for p in model.parameters():
@@ -132,20 +133,43 @@ def test_disk_cache_off_and_hooks_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("KRYPTON_GRAPH_CACHE", "off")
     assert disk_cache.folder() is None
     monkeypatch.delenv("KRYPTON_GRAPH_CACHE")
-    assert disk_cache.folder() is None  # off unless asked for
+    assert disk_cache.folder() == Path.home() / ".cache" / "krypton" / "graphs"  # on by default
     model = cnn()
     model[0].register_forward_hook(lambda *a: None)
     assert disk_cache.key(model, torch.zeros(1, 3, 8, 8)) is None
 
 
-def test_stale_disk_graph_is_rejected(tmp_path, monkeypatch):
-    """A stored graph whose clean output disagrees with the model is not used (captured afresh)."""
+def test_stale_disk_graph_is_caught_on_the_clean_pass(tmp_path, monkeypatch):
+    """A stored graph whose clean output disagrees with the model is discarded and captured afresh."""
     monkeypatch.setenv("KRYPTON_GRAPH_CACHE", str(tmp_path))
     model, image = cnn(), torch.randn(1, 3, 12, 12)
     graph_for(model, image)
     graphs.clear()
-    monkeypatch.setattr(disk_cache, "bind_weights", lambda module, live: None)  # stand-in weights stay zero
-    assert graph_for(model, image).source == "captured"
+    live = disk_cache._live  # what the key cannot see: the loaded graph gets other weights
+    monkeypatch.setattr(disk_cache, "_live", lambda m: {k: torch.zeros_like(v) for k, v in live(m).items()})
+    assert graph_for(model, image).source == "disk"
+    graphs.clear()
+    exact = krypton.explain(model, image[0], patch=4, stride=2, path="incremental")
+    naive = krypton.explain(model, image[0], patch=4, stride=2, mode="naive")
+    assert exact.stats["graph_source"] == "captured" and exact.stats["path"] == "incremental"
+    torch.testing.assert_close(exact.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_disk_graph_round_trip_keeps_every_node(tmp_path, monkeypatch):
+    """What is stored is the captured graph itself: same nodes, targets, arguments and shapes."""
+    monkeypatch.setenv("KRYPTON_GRAPH_CACHE", str(tmp_path))
+    model, image = cnn(), torch.randn(1, 3, 12, 12)
+    fresh = graph_for(model, image).graph
+    graphs.clear()
+    loaded = graph_for(model, image).graph
+    assert [(c.name, c.target, str(c.args)) for c in loaded.calls] == [
+        (c.name, c.target, str(c.args)) for c in fresh.calls
+    ]
+    guards = {n.name for n in fresh.shapes if n.op == "call_module"}  # export's input guards are not kept
+    assert {n.name: s for n, s in loaded.shapes.items()} == {
+        n.name: s for n, s in fresh.shapes.items() if n.name not in guards
+    }
+    assert all(p is q for p, q in zip(loaded.module.parameters(), model.parameters()))  # bound, not copied
 
 
 def test_capture_waits_for_model_calls_and_never_fails_under_contention():

@@ -1,17 +1,19 @@
-"""On-disk cache of captured programs: a second process skips `torch.export` (ResNet18 ~1 s -> ~0.2 s).
+"""On-disk cache of captured graphs: a second process skips `torch.export` (ResNet18 ~1 s -> ~0.05 s).
 
-What is stored is the decomposed `ExportedProgram` *without* its weights (each replaced by a zero-stride
-tensor of the same shape); on load the live model's parameters and buffers are bound into the module,
-so changed weights can never be served stale. The key covers everything else the graph depends on:
+What is stored is the captured graph itself, after capture's rewrites, as plain data: each node's name,
+op, target (an ATen overload by name), arguments (other nodes by name) and output shapes, read back with
+`torch.load(weights_only=True)` (no pickled code) and rebuilt into an `fx.GraphModule` in milliseconds;
+`torch.export.load` took 0.2-1.4 s for the same graphs. No weights are stored: the live model's
+parameters and buffers are bound by name, so changed weights can never be served stale (the few other
+constants a graph holds are stored). The key covers everything else the graph depends on:
 torch and krypton versions, the input's shape and dtype, and per submodule its class, the content of
 the file defining that class, its plain attributes (flags, sizes), `extra_repr`, parameter/buffer
 names, shapes and dtypes, and the bytes of other tensor attributes (lifted as constants). Models this
 cannot describe (hooks, classes without a source file, an instance-level `forward`) are not cached.
-Callers also compare the loaded graph's clean output with the model's before using it.
+Callers also compare the loaded graph's clean output with the model's before trusting it (the run does
+this on the clean pass it needs anyway: `graphs.clean_pass`).
 
-Off unless `KRYPTON_GRAPH_CACHE` is set: a folder, or `on` for `~/.cache/krypton/graphs`. Measured
-(benchmarks/RESULTS.md): loading pays for ResNet18 (1.1 s -> 0.3 s) but not yet for VGG16 or Inception3,
-whose stored graphs load more slowly than a fresh capture, so it is not the default.
+On by default in `~/.cache/krypton/graphs`; `KRYPTON_GRAPH_CACHE` names another folder, `off` turns it off.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import operator
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-FORMAT = 1  # bump when what is stored changes
+FORMAT = 2  # bump when what is stored changes
+SUFFIX = ".graph"
 _PLAIN = (bool, int, float, str, type(None))
 _files: dict[str, str] = {}
 _classes: dict[type, str | None] = {}
@@ -37,9 +40,9 @@ _classes: dict[type, str | None] = {}
 def folder() -> Path | None:
     """The cache folder, or None when caching is off."""
     setting = os.environ.get("KRYPTON_GRAPH_CACHE", "")
-    if setting.lower() in ("", "off", "0", "false", "no"):
+    if setting.lower() in ("off", "0", "false", "no"):
         return None
-    return Path.home() / ".cache" / "krypton" / "graphs" if setting.lower() in ("on", "1", "yes") else Path(setting)
+    return Path.home() / ".cache" / "krypton" / "graphs" if setting.lower() in ("", "on", "1", "yes") else Path(setting)
 
 
 def _file_digest(cls: type) -> str | None:
@@ -90,70 +93,176 @@ def key(model: nn.Module, example: torch.Tensor) -> str | None:
     return h.hexdigest()
 
 
-def _weightless(program: Any) -> dict[str, Any]:
-    """Zero-stride stand-ins for the program's weights (same shapes and dtypes, one element stored)."""
-    light: dict[str, Any] = {}
-    for name, value in program.state_dict.items():
-        stand_in = torch.zeros((), dtype=value.dtype).expand(value.shape)
-        light[name] = nn.Parameter(stand_in, requires_grad=False) if isinstance(value, nn.Parameter) else stand_in
-    return light
+class NotStorable(Exception):
+    """The graph holds something this format does not describe (it is then simply not cached)."""
 
 
-def save(digest: str, program: Any) -> None:
-    """Store the program without weights (atomically; a failure only costs the next process a capture)."""
+_TAGGED = {"dtype": torch.dtype, "layout": torch.layout, "memory_format": torch.memory_format}
+
+
+def _encode(value: Any) -> Any:
+    """Plain data for an argument: nodes by name, torch enums by name, containers tagged."""
+    if isinstance(value, fx.Node):
+        return ("node", value.name)
+    if isinstance(value, (list, tuple)):
+        return ("tuple" if isinstance(value, tuple) else "list", [_encode(v) for v in value])
+    if isinstance(value, dict):
+        return ("dict", {str(k): _encode(v) for k, v in value.items()})
+    for tag, kind in _TAGGED.items():
+        if isinstance(value, kind):
+            return (tag, str(value).removeprefix("torch."))
+    if isinstance(value, torch.device):
+        return ("device", str(value))
+    if isinstance(value, _PLAIN):
+        return value
+    raise NotStorable(type(value).__name__)
+
+
+def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
+    if not isinstance(value, tuple):
+        return value
+    tag, body = value
+    if tag == "node":
+        return nodes[body]
+    if tag in ("list", "tuple"):
+        items = [_decode(v, nodes) for v in body]
+        return items if tag == "list" else tuple(items)
+    if tag == "dict":
+        return {k: _decode(v, nodes) for k, v in body.items()}
+    if tag == "device":
+        return torch.device(body)
+    if tag in _TAGGED:
+        return getattr(torch, body)
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _encode_val(val: Any) -> Any:
+    if isinstance(val, torch.Tensor):
+        return ("tensor", [int(d) for d in val.shape], str(val.dtype).removeprefix("torch."))
+    if isinstance(val, (list, tuple)):
+        return ("several", [_encode_val(v) for v in val])
+    return None
+
+
+def _decode_val(val: Any) -> Any:
+    """Shape-and-dtype stand-ins (meta tensors) for `node.meta["val"]`, all the engine reads of it."""
+    if val is None:
+        return None
+    if val[0] == "tensor":
+        return torch.empty(val[1], dtype=getattr(torch, val[2]), device="meta")
+    return [_decode_val(v) for v in val[1]]
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op != "call_function":
+        return str(node.target)
+    if node.target is operator.getitem:
+        return "getitem"
+    if isinstance(node.target, torch._ops.OpOverload):
+        return f"{node.target.namespace}::{node.target._opname}.{node.target._overloadname}"
+    raise NotStorable(f"call target {node.target}")
+
+
+def _target(op: str, name: str) -> Any:
+    if op != "call_function":
+        return name
+    if name == "getitem":
+        return operator.getitem
+    namespace, _, rest = name.partition("::")
+    opname, _, overload = rest.rpartition(".")
+    return getattr(getattr(getattr(torch.ops, namespace), opname), overload)
+
+
+def _live(model: nn.Module) -> dict[str, torch.Tensor]:
+    live: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    live.update(dict(model.named_buffers(remove_duplicate=False)))
+    return live
+
+
+def _records(module: fx.GraphModule, model: nn.Module) -> dict[str, Any]:
+    """The graph as plain data; tensors only for constants that are not the model's own weights."""
+    live, nodes, constants = _live(model), [], {}
+    for node in module.graph.nodes:
+        if node.op == "call_module" and not node.users:
+            continue  # export's input guards: the shapes are checked by the caller
+        if node.op not in ("placeholder", "get_attr", "call_function", "output"):
+            raise NotStorable(node.op)
+        if node.op == "get_attr" and node.target not in live:
+            value: Any = module
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            constants[str(node.target)] = value.detach().clone()
+        nodes.append(
+            {
+                "name": node.name,
+                "op": node.op,
+                "target": _target_name(node),
+                "args": _encode(tuple(node.args)),
+                "kwargs": _encode(dict(node.kwargs)),
+                "val": _encode_val(node.meta.get("val")),
+            }
+        )
+    return {"format": FORMAT, "nodes": nodes, "constants": constants}
+
+
+def _rebuild(stored: dict[str, Any], model: nn.Module) -> fx.GraphModule:
+    """An `fx.GraphModule` over the stored graph with the live model's weights bound (no copies)."""
+    live, graph = _live(model), fx.Graph()
+    nodes: dict[str, fx.Node] = {}
+    attributes: dict[str, Any] = {}
+    for record in stored["nodes"]:
+        target = _target(record["op"], record["target"])
+        if record["op"] == "get_attr":
+            value = stored["constants"].get(target, live.get(target))
+            if value is None:
+                raise KeyError(target)  # the model no longer has this weight: capture afresh
+            attributes[target] = value
+        node = graph.create_node(
+            record["op"], target, _decode(record["args"], nodes), _decode(record["kwargs"], nodes), record["name"]
+        )
+        node.meta["val"] = _decode_val(record["val"])
+        nodes[record["name"]] = node
+    return fx.GraphModule(attributes, graph)
+
+
+def path_for(digest: str) -> Path | None:
+    where = folder()
+    return None if where is None else where / f"{digest}{SUFFIX}"
+
+
+def save(digest: str, module: fx.GraphModule, model: nn.Module) -> None:
+    """Store the graph without weights (atomically; a failure only costs the next process a capture)."""
     where = folder()
     if where is None:
         return
     try:
+        stored = _records(module, model)
         where.mkdir(parents=True, exist_ok=True)
-        weights = program._state_dict
-        program._state_dict = _weightless(program)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=where, prefix="partial-", suffix=".pt2")
-            os.close(fd)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.export.save(program, tmp)
-            os.replace(tmp, where / f"{digest}.pt2")
-        finally:
-            program._state_dict = weights
-    except Exception as exc:  # a read-only home, a full disk: caching is an optimisation
+        fd, tmp = tempfile.mkstemp(dir=where, prefix="partial-", suffix=SUFFIX)
+        os.close(fd)
+        torch.save(stored, tmp)
+        os.replace(tmp, where / f"{digest}{SUFFIX}")
+    except Exception as exc:  # a read-only home, a full disk, a graph the format cannot hold
         logging.getLogger("krypton").debug("graph cache: could not save: %s", exc)
 
 
-def load(digest: str) -> Any | None:
-    """The stored program (without weights), or None."""
-    where = folder()
-    path = None if where is None else where / f"{digest}.pt2"
+def load(digest: str, model: nn.Module) -> fx.GraphModule | None:
+    """The stored graph with `model`'s weights bound, or None (absent, unreadable, or not fitting)."""
+    path = path_for(digest)
     if path is None or not path.is_file():
         return None
-    chatty = logging.getLogger("torch._export.serde.serialize")  # warns about unused shape symbols
-    level = chatty.level
-    chatty.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.export.load(str(path))
-    except Exception:  # a file from an interrupted write or another torch: capture again
-        path.unlink(missing_ok=True)
+        stored = torch.load(path, weights_only=True)
+        if stored.get("format") != FORMAT:
+            raise ValueError("another format")
+        return _rebuild(stored, model)
+    except Exception:  # a file from an interrupted write, another torch, weights that no longer fit
+        discard(digest)
         return None
-    finally:
-        chatty.setLevel(level)
 
 
-def bind_weights(module: torch.fx.GraphModule, model: nn.Module) -> None:
-    """Point the loaded module's parameters and buffers at the live model's tensors (no copies)."""
-    live: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
-    live.update(dict(model.named_buffers(remove_duplicate=False)))
-    for name, _ in list(module.named_parameters(remove_duplicate=False)) + list(
-        module.named_buffers(remove_duplicate=False)
-    ):
-        if name not in live:
-            raise KeyError(name)
-        owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        value = live[name]
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, False)
-        else:
-            owner._buffers[leaf] = value
+def discard(digest: str) -> None:
+    """Remove a stored graph (it failed its check against the model)."""
+    path = path_for(digest)
+    if path is not None:
+        path.unlink(missing_ok=True)

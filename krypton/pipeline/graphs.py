@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from krypton.capture import CaptureError, Graph, export_program, from_program, graph_of
+from krypton.capture import CaptureError, Graph, export_program, from_program, indexed
+from krypton.engine.materialize import materialize
 from krypton.pipeline import disk_cache, guard
 
 MEMORY_SLOTS = 8
@@ -36,7 +37,7 @@ _lock = threading.RLock()
 _graphs: dict[tuple, Graph] = {}
 _failures: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
 _seconds_per_module = [0.012]  # cold-capture cost model, refined by every capture in this process
-_DISK_LOAD_S = 0.3
+_DISK_LOAD_S = 0.1
 
 
 def _shape_key(image: torch.Tensor) -> tuple:
@@ -76,16 +77,16 @@ def capture_estimate(model: nn.Module, image: torch.Tensor) -> float:
         return 0.0
     digest = disk_cache.key(model, image) if image.device.type == "cpu" else None
     where = disk_cache.folder()
-    if digest and where is not None and (where / f"{digest}.pt2").is_file():
+    if digest and where is not None and (where / f"{digest}{disk_cache.SUFFIX}").is_file():
         return _DISK_LOAD_S
     return 0.3 + _seconds_per_module[0] * sum(1 for _ in model.modules())
 
 
-def graph_for(model: nn.Module, image: torch.Tensor, clean: torch.Tensor | None = None) -> Captured:
+def graph_for(model: nn.Module, image: torch.Tensor) -> Captured:
     """The model's graph at this input shape: from memory, from disk (checked), or captured now.
 
-    Raises CaptureError (remembered) when the model cannot be captured. `clean` (the model's output
-    for `image`) lets a graph loaded from disk be checked before it is trusted.
+    Raises CaptureError (remembered) when the model cannot be captured. A graph loaded from disk is
+    marked unchecked: `clean_pass` compares its clean output with the model's before it is trusted.
     """
     started = time.perf_counter()
     key = _memory_key(model, image)
@@ -97,7 +98,7 @@ def graph_for(model: nn.Module, image: torch.Tensor, clean: torch.Tensor | None 
             if key in _graphs:
                 return Captured(_graphs[key], "memory", time.perf_counter() - started)
         digest = disk_cache.key(model, image) if image.device.type == "cpu" else None
-        graph = _from_disk(digest, model, image, clean) if digest else None
+        graph = _from_disk(digest, model) if digest else None
         source = "disk"
         if graph is None:
             graph, source = _capture(model, image, digest), "captured"
@@ -122,26 +123,50 @@ def _capture(model: nn.Module, image: torch.Tensor, digest: str | None) -> Graph
     modules = max(1, sum(1 for _ in model.modules()))
     _seconds_per_module[0] = max(0.002, (time.perf_counter() - started - 0.3) / modules)
     if digest:
-        disk_cache.save(digest, program)
+        disk_cache.save(digest, graph.module, model)
     return graph
 
 
-def _from_disk(digest: str, model: nn.Module, image: torch.Tensor, clean: torch.Tensor | None) -> Graph | None:
-    program = disk_cache.load(digest)
-    if program is None:
+def _from_disk(digest: str, model: nn.Module) -> Graph | None:
+    module = disk_cache.load(digest, model)
+    if module is None:
         return None
     try:
-        module = program.module()
-        disk_cache.bind_weights(module, model)
-        graph = graph_of(module)
-        with torch.no_grad():
-            clean = model(image) if clean is None else clean
-            again = module(image)
-        if not torch.allclose(again, clean, rtol=1e-4, atol=1e-5 * (float(clean.abs().max()) + 1e-6)):
-            return None  # something the key cannot see changed: capture afresh
-        return graph
-    except Exception:  # weights that no longer fit the stored graph: capture afresh
+        graph = indexed(module)
+    except Exception:  # cannot happen for a graph that was stored from a capture; capture afresh
+        disk_cache.discard(digest)
         return None
+    graph.unchecked_digest = digest
+    return graph
+
+
+class StaleGraph(Exception):
+    """A graph from disk computed another clean output than the model: it was discarded; capture again."""
+
+
+def clean_pass(graph: Graph, model: nn.Module, image: torch.Tensor, clean: torch.Tensor | None = None) -> dict:
+    """Every node's clean value (`materialize`); for a graph loaded from disk, first compared with the
+    model's own output (`clean`, or one call now), which the key cannot vouch for. A mismatch forgets
+    the graph (memory and disk) and raises StaleGraph."""
+    env = materialize(graph, image)
+    digest = graph.unchecked_digest
+    if digest is None:
+        return env
+    if clean is None:
+        with guard.shared(), torch.no_grad():
+            clean = model(image)
+    again = env[graph.output]
+    assert clean is not None
+    if again.shape == clean.shape and torch.allclose(
+        again, clean, rtol=1e-4, atol=1e-5 * (float(clean.abs().max()) + 1e-6)
+    ):
+        graph.unchecked_digest = None
+        return env
+    disk_cache.discard(digest)
+    with _lock:
+        for key in [k for k, g in _graphs.items() if g is graph]:
+            del _graphs[key]
+    raise StaleGraph("the stored graph's clean output differs from the model's")
 
 
 def clear() -> None:

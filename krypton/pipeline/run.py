@@ -134,11 +134,18 @@ class _Run:
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
                     f"having the graph (~{estimate:.2g} s)"
                 )
+        try:
+            return self._engine()
+        except graphs.StaleGraph:  # a stored graph failed its check, before any incremental result
+            return self._engine()  # captured afresh this time
+
+    def _engine(self) -> torch.Tensor:
+        """Have the graph and the plan, then let `_with_plan` choose and run the path."""
         on_phase = self.on_phase if graphs.in_memory(self.model, self.occ.image) is None else None
         if on_phase is not None:
             on_phase("capturing the model graph")
         try:
-            found = graphs.graph_for(self.model, self.occ.image, self.clean)
+            found = graphs.graph_for(self.model, self.occ.image)
         except CaptureError as exc:
             return self._fail(str(exc))
         finally:
@@ -174,6 +181,8 @@ class _Run:
                     return self._finish(checked=True)
             if groups:
                 self._incremental(graph, plan, size, groups, clean_pass)
+        except graphs.StaleGraph:
+            raise
         except Exception as exc:  # a rule that cannot run on this batch: answer anyway, in full
             return self._fail(f"incremental inference failed ({exc})")
         if not self.stats.reason:
@@ -187,9 +196,7 @@ class _Run:
             done = self.collector.done
             groups = [g[~done[g]] for g in groups if (~done[g]).any()]
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
-        from krypton.engine.materialize import materialize
-
-        clean_pass = materialize(graph, self.occ.image)
+        clean_pass = self._clean_pass(graph)
         self._incremental(graph, plan, size, warm, clean_pass)
         started = time.perf_counter()
         self._incremental(graph, plan, size, timed, clean_pass)
@@ -212,8 +219,6 @@ class _Run:
     def _trial(self, graph, plan, size, limit):
         """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
         and all (fixed costs count in a small run), against naive's time per position; None: naive wins."""
-        from krypton.engine.materialize import materialize
-
         if self.naive.seconds_per_position is None:
             self._naive_batches(1)
         remaining = self._remaining()
@@ -228,7 +233,7 @@ class _Run:
             return None, None
         trial = np.sort(remaining[:TRIAL_POSITIONS])
         started = time.perf_counter()
-        clean_pass = materialize(graph, self.occ.image)
+        clean_pass = self._clean_pass(graph)
         self._incremental(graph, plan, size, [trial], clean_pass)
         per_position = (time.perf_counter() - started) / len(trial)
         naive = self.naive.seconds_per_position
@@ -242,7 +247,12 @@ class _Run:
             return clean_pass, None
         return clean_pass, self._groups(plan, size)
 
+    def _clean_pass(self, graph) -> dict:
+        """The clean pass (a graph from disk is checked on it: StaleGraph when it fails)."""
+        return graphs.clean_pass(graph, self.model, self.occ.image, self.clean)
+
     def _incremental(self, graph, plan, size, groups, clean_pass) -> None:
+        clean_pass = clean_pass if clean_pass is not None else self._clean_pass(graph)
         result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, clean=clean_pass)
         self.stats.macs = (self.stats.macs or 0.0) + result.macs
         self.stats.batch_size = result.batch_size
@@ -308,7 +318,7 @@ class _Run:
         return False
 
     def _probe_exact(self, index: np.ndarray) -> float | None:
-        found = graphs.graph_for(self.model, self.occ.image, self.clean)
+        found = graphs.graph_for(self.model, self.occ.image)
         probe_index = index[[0, -1]]
         probe = self.occ.subset(probe_index)
         exact = run_exact(found.graph, probe, batch_size=2).outputs
