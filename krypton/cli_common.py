@@ -67,15 +67,25 @@ def _ct_window(text: str) -> tuple[float, float] | str:
     return values[0], values[1]
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str) -> tuple[int, ...]:
+    """One size per spatial axis as given (SIZE, H,W or D,H,W); one value means every axis."""
     parts = text.lower().replace("x", ",").split(",")
     try:
         values = [int(p) for p in parts if p.strip()]
     except ValueError:
         values = []
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected SIZE or H,W with positive integers, got {text!r}")
-    return (values[0], values[-1])
+    if len(values) not in (1, 2, 3) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE, H,W or D,H,W with positive integers, got {text!r}")
+    return tuple(values)
+
+
+def image_size(size: tuple[int, ...] | None) -> tuple[int, int] | None:
+    """--size for images: H,W (one value: square)."""
+    if size is None:
+        return None
+    if len(size) == 3:
+        raise UsageError(f"--size {','.join(map(str, size))}: images take SIZE or H,W (D,H,W is for volumes)")
+    return (size[0], size[-1])
 
 
 def _drilldown(text: str) -> bool | dict[str, Any]:
@@ -140,7 +150,13 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|random",
         help="state-dict file for a torchvision architecture; 'random' keeps random weights (for speed tests)",
     )
-    group.add_argument("--size", type=_size, metavar="H[,W]", help="model input size (default: from the model)")
+    group.add_argument(
+        "--size",
+        type=_size,
+        metavar="H[,W]",
+        help="model input size (default: from the model); volumes and signals: D,H,W or L (or one value "
+        "for every axis), the input is resampled to it (the NIfTI affine follows)",
+    )
     group.add_argument(
         "--mean",
         type=_floats,
@@ -200,8 +216,9 @@ def _load(args: argparse.Namespace) -> Any:
     """The model with the user's preprocessing overrides applied."""
     from krypton.models import load_model, with_overrides
 
-    loaded = load_model(args.model, weights=args.weights, size=args.size)
-    return with_overrides(loaded, args.size, args.mean, args.std, args.labels, getattr(args, "resize", None))
+    size = image_size(args.size)
+    loaded = load_model(args.model, weights=args.weights, size=size)
+    return with_overrides(loaded, size, args.mean, args.std, args.labels, getattr(args, "resize", None))
 
 
 def _default_patch(size: tuple[int, int], patch: int | None, stride: int | None, demo: Any) -> tuple[int, int]:

@@ -48,7 +48,7 @@ def run_explain_volumes(args: argparse.Namespace, out: Path) -> int:
         print(f"note: {note}")
     target = loaded.class_index(args.target)
     for stem, volume in inputs:
-        tensor, affine, how = _model_input(volume, loaded, window, tuple(args.percentiles))
+        tensor, affine, how = _model_input(volume, loaded, window, tuple(args.percentiles), args.size)
         rank = tensor.dim() - 1
         print(f"input {stem}: {'x'.join(map(str, tensor.shape))} ({how})")
         patch = args.patch or (DEMO_PATCH if demo else min(DEFAULT_PATCH, min(tensor.shape[1:])))
@@ -100,9 +100,16 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _model_input(volume: Any, loaded: Any, window: tuple[float, float] | None, percentiles: tuple[float, float]):  # noqa: ANN202
+def _model_input(  # noqa: ANN202
+    volume: Any,
+    loaded: Any,
+    window: tuple[float, float] | None,
+    percentiles: tuple[float, float],
+    size: tuple[int, ...] | None = None,
+):
     """(model input (C, *spatial), affine of the model's grid, description): windowed to [0, 1] and
-    resampled to the model's fixed size when it has one (the affine follows the resampling)."""
+    resampled to the model's fixed size when it has one, else to `size` (--size) when given (the
+    affine follows the resampling)."""
     import numpy as np
     import torch
 
@@ -115,7 +122,17 @@ def _model_input(volume: Any, loaded: Any, window: tuple[float, float] | None, p
     else:
         pixels, how = scale(volume.data, percentiles=percentiles), f"percentiles {percentiles[0]:g}-{percentiles[1]:g}"
     tensor, affine = torch.from_numpy(np.ascontiguousarray(pixels)), volume.affine
-    wanted = loaded.input_shape
+    wanted, whose = loaded.input_shape, "the model's"
+    if size is not None:
+        rank = tensor.dim() - 1
+        size = size * rank if len(size) == 1 else size
+        if len(size) != rank:
+            raise VolumeUsageError(f"--size {','.join(map(str, size))}: this input has {rank} spatial axes "
+                                   f"({'x'.join(map(str, tensor.shape[1:]))}); give {rank} values or one")  # fmt: skip
+        if wanted is not None and tuple(wanted[1:]) != tuple(size):
+            raise VolumeUsageError(f"--size {','.join(map(str, size))}: {loaded.name} takes a fixed "
+                                   f"{'x'.join(map(str, wanted[1:]))} input; leave --size out")  # fmt: skip
+        wanted, whose = (tensor.shape[0], *size), "--size"
     if wanted is not None and tuple(tensor.shape) != tuple(wanted):
         if len(wanted) != tensor.dim() or wanted[0] != tensor.shape[0]:
             raise VolumeUsageError(f"{loaded.name} takes inputs of shape {tuple(wanted)}; this input is "
@@ -128,5 +145,5 @@ def _model_input(volume: Any, loaded: Any, window: tuple[float, float] | None, p
             affine = affine.copy()
             affine[:3, :3] = linear * factors
             affine[:3, 3] = affine[:3, 3] + linear @ ((factors - 1) / 2)
-        tensor, how = resized[0], f"{how}, resampled to the model's {'x'.join(map(str, wanted[1:]))}"
+        tensor, how = resized[0], f"{how}, resampled to {whose} {'x'.join(map(str, wanted[1:]))}"
     return tensor, affine, how

@@ -318,6 +318,26 @@ def test_volume_from_nifti_with_a_monai_network_writes_png_raw_and_nifti(capsys,
     assert Image.open(tmp_path / "ct-exact.png").size[0] > 800
 
 
+def test_volume_size_option_resamples_and_keeps_the_geometry(capsys, tmp_path, ct, face):
+    import nibabel
+
+    code, out, err = run(capsys, "explain", str(ct / "ct.nii.gz"), "--model", "monai:resnet10", "--weights", "random",
+                         "--size", "16,16,8", "--patch", "8", "--stride", "8", "--nifti", "--no-progress",
+                         "--out", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    assert "input ct: 1x16x16x8 (CT window" not in out and "resampled to --size 16x16x8" in out
+    assert np.load(tmp_path / "ct-exact.npz")["drop_map"].shape == (16, 16, 8)
+    saved = nibabel.load(str(tmp_path / "ct-exact.nii.gz"))  # voxels 24/16 and 16/8 times larger
+    assert saved.shape == (16, 16, 8) and np.allclose(np.diag(saved.affine)[:3], [1.8, 1.8, 4.0])
+    assert np.allclose(saved.affine[:3, 3], [0.3, 0.3, 1.0])  # the first voxel's centre moves half a step
+    code, _, err = run(capsys, "explain", str(ct / "ct.nii.gz"), "--model", "monai:resnet10", "--weights", "random",
+                       "--size", "16,16", "--out", str(tmp_path))  # fmt: skip
+    assert_one_line_error(code, err, "--size 16,16", "3 spatial axes")
+    code, _, err = run(capsys, "explain", str(face), "--model", "resnet18", "--weights", "random", "--size", "8,8,8",
+                       "--out", str(tmp_path))  # fmt: skip
+    assert_one_line_error(code, err, "images take SIZE or H,W")
+
+
 def test_four_d_nifti_needs_a_volume_index(capsys, tmp_path, ct):
     args = ["explain", str(ct / "fmri.nii.gz"), "--model", "monai:resnet10", "--weights", "random", "--no-progress",
             "--patch", "8", "--stride", "8", "--out", str(tmp_path)]  # fmt: skip

@@ -86,7 +86,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `krypton batch` from parsed arguments; 0 when every image was explained, 1 if some failed."""
-    from krypton.cli_common import UsageError
+    from krypton.cli_common import UsageError, image_size
     from krypton.scale.cluster import ClusterError
     from krypton.scale.run import WorkerLoadError, explain_many
     from krypton.scale.store import BusyError
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             args.inputs,
             out_dir=args.out,
             weights=args.weights,
-            size=args.size,
+            size=image_size(args.size),
             mean=args.mean,
             std=args.std,
             labels=args.labels,
