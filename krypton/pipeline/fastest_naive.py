@@ -45,12 +45,19 @@ class FastestNaive:
         self._trial: str | None = None  # the other layout while it is being timed
         self._trial_batches = 0
 
-    def run(self, order: np.ndarray, max_batches: int | None = None) -> None:
-        """Evaluate the positions of `order` not yet done, in that order (at most `max_batches` batches)."""
+    @property
+    def measured(self) -> bool:
+        """Whether `seconds_per_position` comes from a batch after the first (the first warms up and may
+        have been a one-position probe: a pessimistic figure)."""
+        return self._batches > 1
+
+    def run(self, order: np.ndarray, max_batches: int | None = None, size: int | None = None) -> None:
+        """Evaluate the positions of `order` not yet done, in that order (at most `max_batches` batches,
+        of `size` positions when given)."""
         pending = order[~self.collector.done[order]]
         first, count = 0, 0
         while first < len(pending) and (max_batches is None or count < max_batches):
-            index = pending[first : first + self.batch_size]
+            index = pending[first : first + (size or self.batch_size)]
             first += len(index)
             count += 1
             trial = self._trial

@@ -2,8 +2,10 @@
 
 `evaluate` chooses between full re-inference and incremental inference by measurement, never by hope:
 1. refusals known without capturing (remembered failures, recurrent/attention layers) run naive;
-2. without a graph at hand, the first naive batches are timed (useful work): if re-inferring the rest
-   costs less than the predicted capture, the run stays naive;
+2. without a graph at hand, one position is re-inferred and timed (useful work): when the rest would
+   clearly cost more than having the graph, the graph is fetched at once; otherwise two naive batches
+   refine the figure, and if re-inferring the rest costs less than the predicted capture, the run stays
+   naive;
 3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
    pay runs naive, a modest one is calibrated on the first incremental batches against naive's measured
    time per position (a run too small to calibrate stays naive when its rest is cheap, or times a few
@@ -36,6 +38,7 @@ PATHS = ("auto", "incremental", "naive")
 MIN_GAIN = 1.15  # below this predicted MAC saving, incremental inference cannot beat full inference
 CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measured naive time
 NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
+PROBE_MARGIN = 3.0  # a one-position probe decides alone when the rest costs this many times the capture
 TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
 TRIAL_MIN_S = 0.5  # a small run whose naive rest takes less than this stays naive without a trial
 
@@ -126,9 +129,13 @@ class _Run:
             return self._finish_naive(refused)
         if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
             estimate = graphs.capture_estimate(self.model, self.occ.image)
-            self._naive_batches(NAIVE_PROBE_BATCHES)
+            self.naive.run(self.todo, max_batches=1, size=1)  # a big model's batch of 16 could be a minute
             left = len(self._remaining())
             remaining = (self.naive.seconds_per_position or 0.0) * left
+            if remaining <= PROBE_MARGIN * estimate:  # not clearly worth a graph: time real batches
+                self._naive_batches(NAIVE_PROBE_BATCHES)
+                left = len(self._remaining())
+                remaining = (self.naive.seconds_per_position or 0.0) * left
             if remaining <= estimate:
                 return self._finish_naive(
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
@@ -191,7 +198,7 @@ class _Run:
 
     def _calibrate(self, graph, plan, size, groups, limit):
         """Time incremental batches against naive's time per position; None groups: naive is faster."""
-        if self.naive.seconds_per_position is None:
+        if not self.naive.measured:
             self._naive_batches(NAIVE_PROBE_BATCHES)
             done = self.collector.done
             groups = [g[~done[g]] for g in groups if (~done[g]).any()]
@@ -219,7 +226,7 @@ class _Run:
     def _trial(self, graph, plan, size, limit):
         """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
         and all (fixed costs count in a small run), against naive's time per position; None: naive wins."""
-        if self.naive.seconds_per_position is None:
+        if not self.naive.measured:
             self._naive_batches(1)
         remaining = self._remaining()
         if not len(remaining):
