@@ -31,16 +31,17 @@ def _boxes(rng, shape, size, count, inside=False):
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_read_window_matches_per_item_reference(seed, channels_last):
+@pytest.mark.parametrize("axes", [2, 3])
+def test_read_window_matches_per_item_reference(seed, channels_last, axes):
     rng = np.random.default_rng(seed)
-    shape = (int(rng.integers(1, 6)), int(rng.integers(5, 12)), int(rng.integers(5, 12)))
+    shape = (int(rng.integers(1, 6)),) + tuple(int(rng.integers(5, 12)) for _ in range(axes))
     base = torch.randn((1,) + shape)
     batch = int(rng.integers(1, 6))
     dsize = (shape[0],) + tuple(int(rng.integers(1, n + 1)) for n in shape[1:])
     dstart = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], dsize[1:], batch, inside=True)], 1)
     data = torch.randn((batch,) + dsize)
     if channels_last:  # what convolutions on channels-last contexts produce: the row-paste path
-        data = data.contiguous(memory_format=torch.channels_last)
+        data = data.contiguous(memory_format=torch.channels_last if axes == 2 else torch.channels_last_3d)
     delta = WindowValues(data, dstart)
     size = (shape[0],) + tuple(int(rng.integers(1, n + 3)) for n in shape[1:])
     start = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], size[1:], batch)], 1)

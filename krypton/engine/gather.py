@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # (B, C, *spatial) for 2 and 3 axes
+
 
 @dataclass
 class WindowValues:
@@ -44,8 +46,9 @@ class PaddedCache:
         for a in reversed(range(len(lo))):
             pads += [int(lo[a]), int(hi[a])]
         padded = F.pad(clean, pads, value=value) if any(pads) else clean
-        if padded.dim() == 4:  # channels-last copy: a window of all channels is one run per row
-            padded = padded.contiguous(memory_format=torch.channels_last)
+        layout = _CHANNELS_LAST.get(padded.dim())
+        if layout is not None:  # channels-last copy: a window of all channels is one run per row
+            padded = padded.contiguous(memory_format=layout)
         self._cache[key] = (padded, lo.copy(), hi.copy(), clean)  # holding `clean` pins its address
         return self._cache[key]
 
@@ -88,7 +91,7 @@ def _inside(start: np.ndarray, size: tuple[int, ...], shape: np.ndarray) -> bool
 def _gather(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batch: int, writable: bool) -> torch.Tensor:
     """One strided gather of the windows `[start_b, start_b + size)` from a single tensor."""
     uniform = (start == start[:1]).all(axis=0)
-    if len(size) == 3 and uniform[0] and start[0, 0] == 0 and size[0] == padded.shape[0] and not uniform[1:].all():
+    if len(size) in (3, 4) and uniform[0] and start[0, 0] == 0 and size[0] == padded.shape[0] and not uniform[1:].all():
         return _gather_all_channels(padded, start, size)
     sliced = padded[
         tuple(
@@ -107,20 +110,22 @@ def _gather(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batc
 
 
 def _gather_all_channels(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
-    """Windows of every channel of a (C, H, W) tensor, gathered in channels-last order.
+    """Windows of every channel of a (C, *spatial) tensor (2 or 3 spatial axes), gathered in
+    channels-last order.
 
-    Indexing a (H, W, h, w, C) window view copies runs of C contiguous values (NCHW order copies runs
-    of w); measured 2-3x faster. The result is (B, C, h, w) in channels-last layout, which
-    convolutions and pooling accept as is (and run faster on, on CPU).
+    Indexing a (*positions, *window, C) view copies runs of C contiguous values (channels-first order
+    copies runs of the last window axis); measured 2-3x faster. The result is (B, C, *window) in
+    channels-last layout, which convolutions and pooling accept as is (and run faster on, on CPU).
     """
-    hwc = padded.permute(1, 2, 0)
-    if not hwc.is_contiguous():
-        hwc = hwc.contiguous()
-    rows, cols = hwc.shape[0] - size[1] + 1, hwc.shape[1] - size[2] + 1
-    shape = (rows, cols, size[1], size[2], size[0])
-    windows = hwc.as_strided(shape, hwc.stride()[:2] + hwc.stride(), hwc.storage_offset())
-    index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in (1, 2))
-    return windows[index].permute(0, 3, 1, 2)
+    axes = len(size) - 1
+    last = padded.permute(*range(1, axes + 1), 0)
+    if not last.is_contiguous():
+        last = last.contiguous()
+    counts = tuple(last.shape[a] - size[a + 1] + 1 for a in range(axes))
+    shape = counts + tuple(size[1:]) + (size[0],)
+    windows = last.as_strided(shape, last.stride()[:axes] + last.stride(), last.storage_offset())
+    index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in range(1, axes + 1))
+    return windows[index].permute(0, axes + 1, *range(1, axes + 1))
 
 
 def _paste(out: torch.Tensor, computed: WindowValues, start: np.ndarray, size: tuple[int, ...]) -> None:
@@ -152,17 +157,21 @@ def _paste_rows(out: torch.Tensor, data: torch.Tensor, rel: np.ndarray) -> bool:
     items with different offsets go in with a single `index_copy_` instead of one indexed copy per
     offset. Returns False (nothing done) when the layouts do not allow it.
     """
-    if out.dim() != 4 or data.shape[1] != out.shape[1] or (rel[:, 0] != 0).any():
+    if out.dim() not in (4, 5) or data.shape[1] != out.shape[1] or (rel[:, 0] != 0).any():
         return False
-    rows_out, rows_in = out.permute(0, 2, 3, 1), data.permute(0, 2, 3, 1)
+    order = (0, *range(2, out.dim()), 1)
+    rows_out, rows_in = out.permute(*order), data.permute(*order)
     if not (rows_out.is_contiguous() and rows_in.is_contiguous()):
         return False
-    batch, channels, h, w = out.shape
-    dh, dw = data.shape[2], data.shape[3]
-    ys = rel[:, 1, None, None] + np.arange(dh)[None, :, None]
-    xs = rel[:, 2, None, None] + np.arange(dw)[None, None, :]
-    target = (np.arange(batch)[:, None, None] * h + ys) * w + xs
-    valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    batch, channels, region = out.shape[0], out.shape[1], out.shape[2:]
+    target = np.arange(batch).reshape((batch,) + (1,) * len(region))
+    valid = np.ones((batch,) + tuple(data.shape[2:]), dtype=bool)
+    for a, (extent, width) in enumerate(zip(region, data.shape[2:])):
+        view = [1] * (len(region) + 1)
+        view[0], view[a + 1] = batch, width
+        cell = (rel[:, a + 1, None] + np.arange(width)[None, :]).reshape(view)
+        target = target * extent + cell
+        valid &= (cell >= 0) & (cell < extent)
     source = rows_in.reshape(-1, channels)
     if not valid.all():
         source = source[torch.from_numpy(np.flatnonzero(valid)).to(out.device)]
