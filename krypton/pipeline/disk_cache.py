@@ -6,7 +6,8 @@ op, target (an ATen overload by name), arguments (other nodes by name) and outpu
 `torch.export.load` took 0.2-1.4 s for the same graphs. No weights are stored: the live model's
 parameters and buffers are bound by name, so changed weights can never be served stale (the few other
 constants a graph holds are stored). The key covers everything else the graph depends on:
-torch and krypton versions, the input's shape and dtype, and per submodule its class, the content of
+torch and krypton versions, the source of `krypton/capture.py` (its rewrites shape the stored graph),
+the input's shape and dtype, and per submodule its class, the content of
 the file defining that class, its plain attributes (flags, sizes), `extra_repr`, parameter/buffer
 names, shapes and dtypes, and the bytes of other tensor attributes (lifted as constants). Models this
 cannot describe (hooks, classes without a source file, an instance-level `forward`) are not cached.
@@ -73,8 +74,11 @@ def key(model: nn.Module, example: torch.Tensor) -> str | None:
     """A digest of everything the captured graph depends on except weight values; None: do not cache."""
     from krypton import __version__
 
+    from krypton import capture
+
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{torch.__version__}|{__version__}|{tuple(example.shape)}|{example.dtype}".encode())
+    h.update(f"{_read_digest(capture.Graph)}".encode())  # capture's own rewrites shape what is stored
     for name, module in model.named_modules():
         cls = type(module)
         digest = _file_digest(cls)
