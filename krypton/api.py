@@ -451,6 +451,11 @@ def _analysis(plan: Plan, batch_size: int) -> Analysis:
                 "incremental_macs": spent / count,
             }
         )
+    if plan.suffix:  # a partial graph: the rest runs whole, per position
+        first = plan.suffix[0]
+        ops.append({"node": first.name, "op": "rest of the graph",
+                    "rule": "per position (batch axis folded)", "naive_macs": plan.suffix_macs,
+                    "incremental_macs": float(plan.suffix_macs)})  # fmt: skip
     total = sum(float(row["incremental_macs"]) for row in ops) + plan.untouched_macs
     per_position = float(position_macs(plan).mean()) + plan.untouched_macs
     return Analysis(ops, plan.naive_macs(), total, per_position, count, batch_size, plan.fallbacks)

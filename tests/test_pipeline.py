@@ -330,3 +330,38 @@ def test_small_run_tries_a_few_positions_before_choosing(monkeypatch):
     graph_for(tiny, small_image[None])
     quick = krypton.explain(tiny, small_image, patch=8, stride=4)  # one naive batch answers everything
     assert quick.stats["reason"] == "a small run: the timed naive batch covered every position"
+
+
+class FoldedAttention(nn.Module):
+    """A convolutional stem, then attention whose heads fold the batch axis into theirs (as the attention
+    blocks of timm's hybrids do): the captured reshapes are right at batch 1 only."""
+
+    def __init__(self, channels: int = 16, heads: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.heads, self.head = heads, nn.Linear(channels, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b * self.heads, 3 * c // self.heads, h * w).chunk(3, dim=1)
+        attention = torch.softmax(q.transpose(1, 2) @ k / 4.0, dim=-1)
+        y = (v @ attention.transpose(1, 2)).reshape(b, c, h, w)
+        return self.head((x + y).mean((2, 3)))
+
+
+def test_partial_graph_runs_the_stem_incrementally_and_the_folded_rest_per_position():
+    torch.manual_seed(0)
+    model, image = FoldedAttention().eval(), torch.randn(3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the engine runs
+        exact = krypton.explain(model, image, patch=8, stride=4, path="incremental")
+    naive = krypton.explain(model, image, patch=8, stride=4, mode="naive")
+    assert exact.stats["path"] == "incremental" and exact.stats["mode"] == "exact"
+    torch.testing.assert_close(exact.scores, naive.scores, rtol=1e-4, atol=1e-5)
+    assert any("per position (batch axis folded)" in op for _, op in exact.stats["fallbacks"])
+    analysis = krypton.analyze(model, (3, 32, 32), patch=8, stride=4)
+    rest = [op for op in analysis.ops if op["op"] == "rest of the graph"]
+    assert len(rest) == 1 and rest[0]["incremental_macs"] == rest[0]["naive_macs"] > 0
+    assert 1.0 < analysis.speedup < analysis.per_position_speedup + 1e-9

@@ -96,9 +96,9 @@ def _last_uses(plan: Plan) -> dict[fx.Node, list[fx.Node]]:
         for node in step.call.inputs:
             if node in order:
                 last[node] = i
-    out = plan.graph.output
-    if out in order:
-        last[out] = len(plan.steps)
+    for kept in [plan.graph.output, *plan.suffix_reads]:  # read after the steps: never freed
+        if kept in order:
+            last[kept] = len(plan.steps)
     freed: dict[fx.Node, list[fx.Node]] = {}
     for node, i in last.items():
         if i < len(plan.steps):
@@ -127,8 +127,8 @@ class IncrementalRunner:
         self.cache = PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
-        self.tail = shared_tail(plan, groups) if groups else len(plan.steps)
-        self.tail_inputs = tail_reads(plan, self.tail)
+        self.tail = shared_tail(plan, groups) if groups and not plan.suffix else len(plan.steps)
+        self.tail_inputs = plan.suffix_reads if plan.suffix else tail_reads(plan, self.tail)
 
     @torch.no_grad()
     def run_head(self, index: np.ndarray) -> tuple[list[torch.Tensor], int]:
@@ -149,7 +149,23 @@ class IncrementalRunner:
             frame.state[node] = (WindowValues(value, np.zeros((batch, value.dim() - 1), dtype=np.int64)),)
         steps = self.plan.steps[self.tail :]
         macs = self._walk(frame, steps, index)
+        if self.plan.suffix:
+            return self._suffix(frame), macs + self.plan.suffix_macs * batch
         return frame.whole(self.plan.graph.output), macs
+
+    def _suffix(self, frame: BatchFrame) -> torch.Tensor:
+        """A partial graph's rest, position by position at batch 1 (the captured shapes fold the batch
+        axis, so only batch 1 is right): each item's values at the cut, the clean ones elsewhere."""
+        cut = {node: frame.whole(node) for node in self.tail_inputs}
+        outputs = []
+        for item in range(frame.batch):
+            env = {node: value[item : item + 1] for node, value in cut.items()}
+            for call in self.plan.suffix:
+                node, target = call.node, call.target  # call_function nodes: the target is the op
+                args = _values(tuple(node.args), env, self.clean)
+                env[node] = target(*args, **_values(dict(node.kwargs), env, self.clean))
+            outputs.append(env[self.plan.graph.output])
+        return torch.cat(outputs)
 
     def _walk(self, frame: BatchFrame, steps: list[Step], index: np.ndarray) -> int:
         """Compute `steps` for the positions `index` (the frame's batch); MACs spent."""
@@ -175,6 +191,17 @@ class IncrementalRunner:
             return False  # read per output, through the getitem rule
         computed = frame.computed(node)
         return computed is None or computed.size == tuple(self.clean[node].shape[1:])
+
+
+def _values(arg: Any, env: dict[fx.Node, Any], clean: dict[fx.Node, Any]) -> Any:
+    """An fx argument with its nodes replaced by this item's values (`env`) or the clean run's."""
+    if isinstance(arg, fx.Node):
+        return env[arg] if arg in env else clean[arg]
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_values(a, env, clean) for a in arg)
+    if isinstance(arg, dict):
+        return {k: _values(v, env, clean) for k, v in arg.items()}
+    return arg
 
 
 Occluder = Callable[[torch.Tensor], torch.Tensor]  # clean windows (B, C, *size) -> occluded windows

@@ -20,7 +20,7 @@ from krypton.box import Boxes, Window
 from krypton.capture import Call, Graph
 from krypton.engine.materialize import static_values
 from krypton.rules import FULL, Rule, Site, lookup
-from krypton.rules.registry import Changes, is_multi_output
+from krypton.rules.registry import Changes, Unsupported, is_multi_output
 
 # A window covering at least this fraction of its tensor is computed whole (plain batched op).
 DENSE_FRACTION = 0.9
@@ -61,6 +61,9 @@ class Plan:
     steps: list[Step]
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (node, op) computed in full
     untouched_macs: int = 0  # calls that depend on parameters only (run once, clean)
+    suffix: list[Call] = field(default_factory=list)  # image-dependent calls run per position (partial graph)
+    suffix_macs: int = 0  # MACs of the suffix for one position
+    suffix_reads: list[fx.Node] = field(default_factory=list)  # values from before the cut the suffix reads
 
     @property
     def count(self) -> int:
@@ -68,7 +71,7 @@ class Plan:
 
     def naive_macs(self) -> int:
         """MACs of one full forward pass (convolutions and matrix products)."""
-        return sum(s.whole_macs for s in self.steps) + self.untouched_macs
+        return sum(s.whole_macs for s in self.steps) + self.untouched_macs + self.suffix_macs
 
 
 def choose_rule(call: Call) -> Rule:
@@ -133,6 +136,11 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
         try:
             precise = rule.applies(site)
             out = (rule if precise else FULL).forward(site, boxes_in)
+        except Unsupported as exc:  # the batch axis moves here: the rest of the graph runs per position
+            reason = f"{exc} [at {call.node.format_node()}]"
+            plan = Plan(graph, image_boxes, steps, fallbacks)
+            plan.untouched_macs = untouched
+            return _with_suffix(plan, graph.calls[graph.calls.index(call) :], set(env), static, reason)
         except Exception as exc:
             raise type(exc)(f"{exc} [at {call.node.format_node()}]") from exc
         if all(b is None for b in out):
@@ -147,6 +155,37 @@ def propagate(graph: Graph, image_boxes: Boxes, transform: BoxTransform | None =
         steps.append(Step(call, site, rule, out, body, rule.full_axes(site), macs, precise))
     plan = Plan(graph, image_boxes, steps, fallbacks)
     plan.untouched_macs = untouched
+    return plan
+
+
+def _with_suffix(plan: Plan, rest: list[Call], changed: set[fx.Node], static: Any, reason: str) -> Plan:
+    """A partial graph: the steps so far run incrementally, `rest` (from the call whose rule cannot keep
+    the batch axis, e.g. attention folding it into heads) runs per position at batch 1, as captured.
+
+    Raises Unsupported (whole run naive) when the cut would read a multi-output value."""
+    graph = plan.graph
+    for call in rest:
+        if graph.shapes[call.node] is None:
+            continue
+        body = int(np.prod(_primary_body(graph.shapes[call.node])))
+        try:
+            macs = lookup(call.target).macs_per_element(Site(call, graph.shapes, static)) * body
+        except Exception:  # noqa: BLE001 - an op the rules do not describe costs what its MACs say: none
+            macs = 0
+        if any(n in changed for n in call.inputs):
+            changed.add(call.node)
+            plan.suffix.append(call)
+            plan.suffix_macs += macs
+        else:
+            plan.untouched_macs += macs
+    before = {s.call.node for s in plan.steps} | {graph.image}
+    reads = {n: None for call in plan.suffix for n in call.inputs if n in before and n in changed}
+    if any(is_multi_output(graph.shapes[n]) for n in reads) or graph.output not in changed:
+        raise Unsupported(reason)
+    plan.suffix_reads = list(reads)
+    first = rest[0]
+    plan.fallbacks.append((first.name, f"{first.op_name} and the {len(plan.suffix)} image-dependent calls after it, "
+                                       f"per position (batch axis folded)"))  # fmt: skip
     return plan
 
 
@@ -212,7 +251,7 @@ def tail_reads(plan: Plan, start: int) -> list[fx.Node]:
 
 def batch_macs(plan: Plan, index: np.ndarray) -> int:
     """MACs that computing these positions as one batch costs."""
-    total = 0
+    total = plan.suffix_macs * len(index)
     for step in plan.steps:
         if step.macs == 0:
             continue
@@ -224,7 +263,7 @@ def batch_macs(plan: Plan, index: np.ndarray) -> int:
 
 def position_macs(plan: Plan) -> np.ndarray:
     """(P,) MACs of each position computed alone with its exact boxes (the per-position limit)."""
-    total = np.zeros(plan.count, dtype=np.float64)
+    total = np.full(plan.count, float(plan.suffix_macs))
     for step in plan.steps:
         if step.macs == 0 or step.primary is None:
             continue

@@ -72,9 +72,7 @@ def _plain(value: Any) -> bool:
 
 def key(model: nn.Module, example: torch.Tensor) -> str | None:
     """A digest of everything the captured graph depends on except weight values; None: do not cache."""
-    from krypton import __version__
-
-    from krypton import capture
+    from krypton import __version__, capture
 
     h = hashlib.sha256()
     h.update(f"{FORMAT}|{torch.__version__}|{__version__}|{tuple(example.shape)}|{example.dtype}".encode())
