@@ -39,6 +39,8 @@ MIN_GAIN = 1.15  # below this predicted MAC saving, incremental inference cannot
 CALIBRATE_BELOW = 4.0  # predicted savings under this are checked against measured naive time
 NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture can pay
 PROBE_MARGIN = 3.0  # a one-position probe decides alone when the rest costs this many times the capture
+WARM_GIVE_UP = 4.0  # a first incremental batch this many times slower than naive ends calibration at once
+CLEAR_LOSS = 1.5  # a timed batch this many times slower than naive ends calibration without a second one
 TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
 TRIAL_MIN_S = 0.5  # a small run whose naive rest takes less than this stays naive without a trial
 
@@ -204,24 +206,36 @@ class _Run:
             groups = [g[~done[g]] for g in groups if (~done[g]).any()]
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
         clean_pass = self._clean_pass(graph)
-        self._incremental(graph, plan, size, warm, clean_pass)
-        started = time.perf_counter()
-        self._incremental(graph, plan, size, timed, clean_pass)
-        per_position = (time.perf_counter() - started) / max(1, sum(len(g) for g in timed))
         naive = self.naive.seconds_per_position
-        if naive is not None and per_position > naive:
-            self.stats.reason = (
-                f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms "
-                f"(plan predicted {limit:.2f}x at best): naive finishes the run"
-            )
-            self._check_incremental()
-            self.naive.run(self._remaining())
-            return clean_pass, None
+        started = time.perf_counter()
+        self._incremental(graph, plan, size, warm, clean_pass)
+        per_position = (time.perf_counter() - started) / max(1, len(warm[0]))
+        if naive is not None and per_position > WARM_GIVE_UP * naive:  # beyond what warming up explains
+            return clean_pass, self._naive_wins(per_position, naive, limit, "first batch, warming up")
+        spent, count = 0.0, 0
+        for i, group in enumerate(timed):  # one batch at a time: a clear loss stops after the first
+            started = time.perf_counter()
+            self._incremental(graph, plan, size, [group], clean_pass)
+            spent, count = spent + time.perf_counter() - started, count + len(group)
+            per_position = spent / max(1, count)
+            clear = per_position > CLEAR_LOSS * naive if naive is not None else False
+            if naive is not None and (clear or (i == len(timed) - 1 and per_position > naive)):
+                return clean_pass, self._naive_wins(per_position, naive, limit, f"{count} positions timed")
         if naive is not None:
             self.stats.reason = (
                 f"calibrated: incremental {per_position * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms"
             )
         return clean_pass, rest
+
+    def _naive_wins(self, per_position: float, naive: float, limit: float, basis: str) -> None:
+        """Record why, check the incremental positions done so far, and let naive finish the run."""
+        self.stats.reason = (
+            f"calibrated ({basis}): incremental {per_position * 1e3:.3g} ms/position vs naive "
+            f"{naive * 1e3:.3g} ms (plan predicted {limit:.2f}x at best): naive finishes the run"
+        )
+        self._check_incremental()
+        self.naive.run(self._remaining())
+        return None
 
     def _trial(self, graph, plan, size, limit):
         """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
