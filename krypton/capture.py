@@ -95,7 +95,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> Any:
-    """`torch.export` + core-ATen decomposition (the ExportedProgram, for the on-disk cache)."""
+    """`torch.export` + core-ATen decomposition: the ExportedProgram (its module is indexed by `from_program`)."""
     noisy = logging.getLogger("torch._subclasses.fake_tensor")
     level = noisy.level
     noisy.setLevel(logging.CRITICAL)  # export logs a traceback before raising; we report one line

@@ -76,8 +76,8 @@ def capture_estimate(model: nn.Module, image: torch.Tensor) -> float:
     if in_memory(model, image) is not None:
         return 0.0
     digest = disk_cache.key(model, image) if image.device.type == "cpu" else None
-    where = disk_cache.folder()
-    if digest and where is not None and (where / f"{digest}{disk_cache.SUFFIX}").is_file():
+    stored = disk_cache.path_for(digest) if digest else None
+    if stored is not None and stored.is_file():
         return _DISK_LOAD_S
     return 0.3 + _seconds_per_module[0] * sum(1 for _ in model.modules())
 
