@@ -19,12 +19,13 @@ from krypton.capture import Graph
 from krypton.choices import MODES
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
-from krypton.modes.approximate import Drilldown, approximation, coarse_stride, parse_drilldown
+from krypton.modes.approximate import Drilldown, approximation, coarse_stride, parse_drilldown, refine_step
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
 from krypton.modes.exact import auto_batch, plan_for
 from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
 from krypton.modes.quality import ssim
+from krypton.modes.refine import Refinement
 from krypton.pipeline import PATHS, RunStats, evaluate, graph_for, guarded_call
 from krypton.scores import check_target, probabilities
 
@@ -239,6 +240,8 @@ class _Job:
         if settings is None:
             outputs, stats = self.evaluate(self.fine, self._reporter(np.zeros(self.grid), None))
             return outputs, {**stats.as_dict(), **self._settings(None)}, None
+        if settings.rule == "refine":
+            return self._refined(settings)
         s1 = coarse_stride(settings, self.stride)
         coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
         stage1, stats1 = self.evaluate(coarse, None)
@@ -248,34 +251,50 @@ class _Job:
         estimate = probabilities(torch.from_numpy(interpolated))[..., self.target].numpy()
         self._send(estimate, np.zeros(self.grid, bool), 0, len(rows))
         stage2, stats2 = self.evaluate(subset(self.fine, rows), self._reporter(estimate, rows))
-        stats = RunStats(
-            requested_mode="approximate",
-            mode=stats2.mode,
-            path=stats1.path if stats1.path == stats2.path else f"{stats1.path}, then {stats2.path}",
-            reason=f"coarse pass: {stats1.reason}; drill-down: {stats2.reason}",
-            positions=self.fine.count,
-            batch_size=stats2.batch_size,
-            incremental_positions=stats1.incremental_positions + stats2.incremental_positions,
-            naive_positions=stats1.naive_positions + stats2.naive_positions,
-            naive_layout=stats2.naive_layout or stats1.naive_layout,
-            graph_source=stats1.graph_source,
-            capture_s=stats1.capture_s,
-            fallbacks=stats2.fallbacks,
-        )
-        if stats1.macs is not None and stats2.macs is not None and stats1.macs_naive is not None:
-            stats.macs = stats1.macs + stats2.macs
-            stats.macs_naive = stats1.macs_naive / coarse.count * self.fine.count
+        stats = _merged([stats1, stats2], ["coarse pass", "drill-down"], self.fine.count, coarse.count)
         info = {**stats.as_dict(), **self._settings(settings)}
         info.update(coarse_positions=coarse.count, drilled_positions=int(len(rows)))
         drilled = np.zeros(self.fine.count, dtype=bool)
         drilled[rows] = True
         return combine(interpolated, rows, stage2), info, drilled.reshape(self.grid)
 
+    def _refined(self, settings: Drilldown) -> tuple[torch.Tensor, dict[str, Any], np.ndarray]:
+        """Rule "refine": the first lattice, then level by level where the estimate varies most."""
+        visit = Refinement(self.grid, round(self.fine.count / settings.speedup), refine_step(settings, self.stride))
+        rows, values, computed, runs = visit.start(), None, [], []
+        first = len(rows)
+        while len(rows):
+            outputs, stats = self.evaluate(subset(self.fine, rows), None)
+            if values is None:
+                values = np.full((self.fine.count, outputs.shape[-1]), np.nan)
+            values[rows] = outputs.double().cpu().numpy()
+            computed.append((rows, outputs))
+            runs.append(stats)
+            estimate = visit.estimate(values.reshape(*self.grid, -1))
+            score = probabilities(torch.from_numpy(estimate))[..., self.target].numpy()
+            self._send(score, visit.known, int(visit.known.sum()), visit.budget)
+            rows = visit.choose(score)
+        labels = ["first lattice"] + [f"level {k}" for k in range(1, len(runs))]
+        stats = _merged(runs, labels, self.fine.count, first)
+        info = {**stats.as_dict(), **self._settings(settings)}
+        info.update(coarse_positions=first, drilled_positions=int(visit.known.sum()) - first, levels=len(runs))
+        drilled = visit.known.copy()
+        drilled.reshape(-1)[computed[0][0]] = False  # the first lattice is the coarse pass
+        rows = np.concatenate([r for r, _ in computed])
+        return combine(estimate, rows, torch.cat([o for _, o in computed])), info, drilled
+
     def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
         if self.gates:
             info["local_gates"] = True
-        if settings is not None:
+        if settings is not None and settings.rule == "refine":
+            step = Refinement(self.grid, round(self.fine.count / settings.speedup), refine_step(settings, self.stride))
+            info["drilldown"] = {
+                "speedup": settings.speedup,
+                "coarse_stride": tuple(step.step * s for s in self.stride),
+                "rule": settings.rule,
+            }
+        elif settings is not None:
             info["drilldown"] = {
                 "fraction": settings.fraction,
                 "speedup": settings.speedup,
@@ -332,6 +351,30 @@ class _Job:
             heat = torch.from_numpy(np.asarray(values, dtype=np.float32).copy())
             elapsed = time.perf_counter() - self.started
             self.on_update(Update(heat, torch.from_numpy(known.copy()), done, total, elapsed))
+
+
+def _merged(runs: list[RunStats], labels: list[str], positions: int, first: int) -> RunStats:
+    """One record for the passes of a drill-down (coarse first): their paths, reasons and MACs."""
+    paths = list(dict.fromkeys(r.path for r in runs))
+    last = runs[-1]
+    stats = RunStats(
+        requested_mode="approximate",
+        mode=last.mode,
+        path=", then ".join(paths),
+        reason="; ".join(f"{label}: {r.reason}" for label, r in zip(labels, runs)),
+        positions=positions,
+        batch_size=last.batch_size,
+        incremental_positions=sum(r.incremental_positions for r in runs),
+        naive_positions=sum(r.naive_positions for r in runs),
+        naive_layout=next((r.naive_layout for r in reversed(runs) if r.naive_layout), None),
+        graph_source=runs[0].graph_source,
+        capture_s=runs[0].capture_s,
+        fallbacks=last.fallbacks,
+    )
+    if all(r.macs is not None for r in runs) and runs[0].macs_naive is not None:
+        stats.macs = sum(r.macs for r in runs)
+        stats.macs_naive = runs[0].macs_naive / first * positions
+    return stats
 
 
 def _phase(bar: Any, label: str, text: str | None) -> None:

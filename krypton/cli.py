@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="approximate mode: adaptive drill-down (a coarse pass, then the most important cells at the "
         "fine stride); alone or 'on' for the defaults fraction=0.25,speedup=3, or e.g. "
-        "fraction=0.25,speedup=3 or fraction=0.1,coarse_stride=8 (speedup or coarse_stride, not both)",
+        "fraction=0.25,speedup=3 or fraction=0.1,coarse_stride=8 (speedup or coarse_stride, not both); "
+        "rule=refine,speedup=4: several levels, a quarter of the positions in all (the tuner's choice)",
     )
     explain.add_argument(
         "--quality",

@@ -101,13 +101,18 @@ def approximation(tau: float = 1.0, gates: bool = False) -> BoxTransform | None:
 class Drilldown:
     """Adaptive drill-down settings.
 
-    fraction: share r of the fine grid re-explained at the requested stride (0 < r <= 1);
-    speedup: target speedup of the two stages over one fine pass, sets the coarse stride (Eq. 29);
-    coarse_stride: the stage-1 stride S1 itself (instead of `speedup`; giving both is an error);
-    must be a positive int (or pair) >= the stride;
-    rule: which fine cells stage 2 computes - "regions" (default: cells where the coarse map drops most
-    *or* changes most steeply, grown into contiguous regions) or "paper" (the fraction with the lowest
-    interpolated target probability, the paper's rule).
+    rule: how the fine cells are chosen - "regions" (default: two stages; stage 2 takes the cells where
+    the coarse map drops most *or* changes most steeply, grown into contiguous regions), "paper" (two
+    stages; the fraction with the lowest interpolated target probability, the paper's rule) or "refine"
+    (several levels: a coarse lattice, then the spacing halved level by level where the map varies
+    most; see `krypton.modes.refine`);
+    fraction: share r of the fine grid re-explained at the requested stride in stage 2 (0 < r <= 1;
+    two-stage rules only);
+    speedup: two-stage rules: the target speedup of both stages over one fine pass, which sets the coarse
+    stride (Eq. 29); "refine": the share 1/speedup of the fine positions computed in all (>= 1; 1 = all);
+    coarse_stride: the stage-1 stride S1 itself (two-stage rules: instead of `speedup`, giving both is an
+    error; must be a positive int (or one per axis) >= the stride; "refine": the first lattice's
+    stride, a whole multiple of the stride).
     """
 
     fraction: float = 0.25
@@ -132,11 +137,16 @@ def parse_drilldown(value: Any) -> Drilldown | None:
             )
         if value.get("rule", "regions") not in RULES:
             raise ValueError(f"drilldown rule must be one of {', '.join(RULES)}, got {value.get('rule')!r}")
-        if "speedup" in value and value.get("coarse_stride") is not None:
+        if value.get("rule") == "refine" and "fraction" in value:
+            raise ValueError("drilldown fraction applies to the two-stage rules (regions, paper); rule 'refine' "
+                             "computes 1/speedup of the positions in all: give speedup")  # fmt: skip
+        if "speedup" in value and value.get("coarse_stride") is not None and value.get("rule") != "refine":
             raise ValueError("drilldown takes speedup or coarse_stride, not both (coarse_stride fixes the speedup)")
         result = Drilldown(**value)
     else:
         raise ValueError(f"drilldown must be None, True, a krypton.Drilldown or a dict, got {type(value).__name__}")
+    if result.rule == "refine":
+        return _checked_refine(result)
     if not isinstance(result.fraction, (int, float)) or not 0 < result.fraction <= 1:
         raise ValueError(f"drilldown fraction r must be in (0, 1], got {result.fraction!r}")
     s1 = result.coarse_stride
@@ -154,6 +164,38 @@ def parse_drilldown(value: Any) -> Drilldown | None:
                 "that share in detail already costs more; need fraction x speedup < 1 (lower one of them)"
             )
     return result
+
+
+def _checked_refine(settings: Drilldown) -> Drilldown:
+    t, s1 = settings.speedup, settings.coarse_stride
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 1:
+        raise ValueError(f"drilldown speedup must be >= 1 for rule 'refine' (1 computes every cell), got {t!r}")
+    if s1 is not None and (isinstance(s1, bool) or not isinstance(s1, int) or s1 <= 0):
+        raise ValueError(f"drilldown coarse_stride must be a positive int for rule 'refine', got {s1!r}")
+    return settings
+
+
+def refine_step(settings: Drilldown, stride: tuple[int, ...]) -> int | None:
+    """The first lattice's spacing in fine cells for rule "refine" (None: the default, chosen by budget)."""
+    if settings.coarse_stride is None:
+        return None
+    s1 = settings.coarse_stride
+    if not isinstance(s1, int) or any(s1 % s for s in stride):
+        raise ValueError(
+            f"drilldown coarse_stride {s1} must be a whole multiple of the stride {stride} (rule 'refine')"
+        )
+    steps = {s1 // s for s in stride}
+    if len(steps) != 1:
+        raise ValueError(f"drilldown coarse_stride {s1} must be the same multiple of every axis' stride {stride}")
+    return steps.pop()
+
+
+def drilldown_gain(settings: Drilldown, stride: tuple[int, ...]) -> float:
+    """Predicted speedup in positions over one fine pass: Eq. 28 for the two-stage rules, the budget
+    itself for "refine" (exact by construction, up to rounding)."""
+    if settings.rule == "refine":
+        return float(settings.speedup)
+    return predicted_speedup(coarse_stride(settings, stride), stride, settings.fraction)
 
 
 def coarse_stride(settings: Drilldown, stride: tuple[int, ...]) -> tuple[int, ...]:
@@ -205,7 +247,7 @@ def _interp_matrix(count: int, step: int, fine: int, fine_step: int) -> np.ndarr
     return weights
 
 
-RULES = ("regions", "paper")
+RULES = ("regions", "paper", "refine")
 
 
 def select_cells(upsampled: np.ndarray, fraction: float, rule: str = "paper") -> np.ndarray:

@@ -2,18 +2,20 @@
 
 Like the paper (Sec. 4.3), SSIM(exact, approximate) is measured on sample images. Every candidate
 setting (a tau from `taus`, with or without one of `drilldowns`) gets a predicted speedup over exact
-mode (the plan's MACs for tau times Eq. 28 for drill-down); candidates are tried from the fastest down
-and the first whose lower quantile (default: the 10th percentile) of sample SSIMs meets the target wins:
-a per-image guarantee rather than the paper's mean. With `target_speedup` the search turns around: the
-best quality among settings predicted to reach that speed. Held-out images then measure what the
-chosen setting really achieves. Every candidate tried is kept as evidence (both SSIMs: on raw maps and,
-as the paper measured, on rendered ones; predicted and measured speedups).
+mode (the plan's MACs for tau times the drill-down's gain in positions). A setting passes when the
+lower quantile (default: the 10th percentile) of its sample SSIMs meets the target - a per-image
+guarantee rather than the paper's mean; the search walks the frontier of passing settings
+(`_staircase`: for each drill-down, the lowest tau that passes) and the fastest predicted one wins.
+With `target_speedup` the search turns around: the best quality among settings predicted to reach that
+speed. Held-out images then measure what the chosen setting really achieves. Every candidate tried is
+kept as evidence (both SSIMs: on raw maps and, as the paper measured, on rendered ones; predicted and
+measured speedups).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, predicted_speedup
+from krypton.modes.approximate import Drilldown, coarse_stride, drilldown_gain, parse_drilldown, predicted_speedup
 from krypton.modes.quality import rendered_ssim, ssim
 
 DEFAULT_TAUS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
-DEFAULT_DRILLDOWNS: tuple[dict[str, Any] | None, ...] = (
-    None,
-    {"fraction": 0.25, "speedup": 2.0},
-    {"fraction": 0.25, "speedup": 3.0},
-    {"fraction": 0.1, "speedup": 5.0},
+DEFAULT_DRILLDOWNS: tuple[dict[str, Any] | None, ...] = (  # the multi-level rule beat both two-stage rules
+    None,  # at equal cost on every real model (benchmarks/RESULTS.md#refine), so it is what tune tries
+    {"rule": "refine", "speedup": 2.0},
+    {"rule": "refine", "speedup": 3.0},
+    {"rule": "refine", "speedup": 4.0},
+    {"rule": "refine", "speedup": 6.0},
 )
 
 
@@ -135,11 +138,45 @@ def _predictions(model: nn.Module, image: torch.Tensor, taus: Sequence[float], d
                 settings = parse_drilldown(spec)
                 if settings is None and tau == 1.0 and not gates:
                     continue  # exact itself
-                gain = 1.0
-                if settings is not None:
-                    gain = predicted_speedup(coarse_stride(settings, pair), pair, settings.fraction)
+                gain = 1.0 if settings is None else drilldown_gain(settings, pair)
                 candidates.append(Candidate(tau, spec, exact_macs / max(macs, 1e-9) * gain, gates))
     return sorted(candidates, key=lambda c: -c.predicted_speedup)
+
+
+def _staircase(candidates: list[Candidate], passes: Callable[[Candidate], bool]) -> list[Candidate]:
+    """The quality frontier, measured along a staircase: for each drill-down (harshest first), the
+    lowest tau that still passes. Quality is taken to fall with a lower tau and with a faster
+    drill-down, so every tau that passed with a harsher drill-down passes with a milder one (and the
+    same tau with the harsher one is faster): the walk never goes back up, and at most
+    taus + drill-downs settings are measured per local-gates option instead of all of them."""
+    frontier = []
+    for gates in sorted({c.local_gates for c in candidates}):
+        mine = [c for c in candidates if c.local_gates == gates]
+        taus = sorted({c.tau for c in mine} | {1.0}, reverse=True)
+        drills = sorted({_key(c.drilldown) for c in mine}, key=lambda k: -_gain(mine, k))
+        i = 0
+        for drill in drills:
+            best = None
+            while i < len(taus):
+                found = [c for c in mine if c.tau == taus[i] and _key(c.drilldown) == drill]
+                if found and not passes(found[0]):
+                    break
+                best = found[0] if found else best  # tau 1 without drill-down is exact: passes unmeasured
+                i += 1
+            if best is not None:
+                frontier.append(best)
+    return frontier
+
+
+def _key(drilldown: Any) -> str:
+    return repr(sorted(drilldown.items())) if isinstance(drilldown, dict) else repr(drilldown)
+
+
+def _gain(candidates: list[Candidate], key: str) -> float:
+    """The drill-down's own predicted gain: the largest candidate's speedup at tau 1 (or any tau)."""
+    mine = [c for c in candidates if _key(c.drilldown) == key]
+    at_one = [c.predicted_speedup for c in mine if c.tau == 1.0]
+    return max(at_one or [c.predicted_speedup for c in mine])
 
 
 def tune(
@@ -196,10 +233,8 @@ def tune(
     chosen: Candidate | None = None
     met = True
     if target_speedup is None:
-        for candidate in candidates:
-            if measure(candidate).quality(quantile) >= target_ssim:
-                chosen = candidate
-                break
+        frontier = _staircase(candidates, lambda c: measure(c).quality(quantile) >= target_ssim)
+        chosen = max(frontier, key=lambda c: c.predicted_speedup, default=None)
     else:
         fast = [measure(c) for c in candidates if c.predicted_speedup >= target_speedup]
         if fast:

@@ -145,7 +145,9 @@ class Estimator:
         )
         if approx is not None:
             approx_positions = positions
-            if drilldown is not None and region is None:
+            if drilldown is not None and region is None and drilldown.rule == "refine":
+                approx_positions = math.ceil(positions / drilldown.speedup)  # a ceiling by construction
+            elif drilldown is not None and region is None:
                 s1 = coarse_stride(drilldown, (stride, stride))
                 approx_positions = count_positions(shape[1:], patch, s1[0], None) + math.ceil(
                     drilldown.fraction * positions
