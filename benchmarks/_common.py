@@ -72,3 +72,20 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     started = time.perf_counter()
     out = fn()
     return time.perf_counter() - started, out
+
+
+def naive_seconds_per_position(
+    model: torch.nn.Module, image: torch.Tensor, count: int, patch: int = 16, stride: int = 4
+) -> tuple[float, int]:
+    """Seconds per position of naive inference on a fixed sample of `count` grid positions at its best
+    batch (8, 16 or 32), and that batch: linear in positions, so it scales to a whole grid."""
+    from krypton.modes.naive import run_naive
+
+    occ = sample_positions(image[None], patch, stride, count)
+    best = None
+    for batch in (8, 16, 32):
+        seconds = measure(lambda b=batch: run_naive(model, occ, b))[0] / occ.count
+        if best is None or seconds < best[0]:
+            best = (seconds, batch)
+    assert best is not None
+    return best

@@ -21,9 +21,8 @@ import torch
 import torchvision
 
 import krypton
-from krypton.modes.naive import run_naive
 
-from _common import channels_last, measure, sample_positions
+from _common import channels_last, naive_seconds_per_position
 
 TAUS = [dict(tau=t) for t in (1.0, 0.9, 0.7, 0.5)]
 PAPER_DRILL = {"fraction": 0.1, "speedup": 5}  # the paper's combined settings (Sec. 4.1): r 0.1, target 5
@@ -57,17 +56,6 @@ def load(name: str) -> tuple[torch.nn.Module, torch.Tensor, str]:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     return model, image, "torchvision ResNet18 (random weights), scikit-image chelsea"
-
-
-def naive_seconds_per_position(model: torch.nn.Module, image: torch.Tensor, count: int) -> tuple[float, int]:
-    """Seconds per position of naive inference at its best batch, and that batch."""
-    occ = sample_positions(image[None], 16, 4, count)
-    best = None
-    for batch in (8, 16, 32):
-        seconds = measure(lambda b=batch: run_naive(model, occ, b))[0] / occ.count
-        if best is None or seconds < best[0]:
-            best = (seconds, batch)
-    return best
 
 
 def tuned_tau(model: torch.nn.Module) -> krypton.TuneResult:

@@ -1,10 +1,12 @@
 """The two drill-down rules side by side on every real model and image available offline (issue 14).
 
 `rule="paper"`: stage 2 on the cells with the largest coarse-map drops (the paper's Sec. 4.2);
-`rule="regions"` (krypton's default): cells where the coarse map drops most or changes most steeply,
-grown into contiguous regions. Both get the same budget (fraction r of the fine cells, coarse stride from
-the target speedup t), tau 1 (no thresholding), so only the choice of cells differs. Each image: exact
-once (the reference), then every setting with both rules; SSIM on raw probability maps (`krypton.ssim`)
+`rule="regions"` (krypton's two-stage default): cells where the coarse map drops most or changes most
+steeply, grown into contiguous regions; `rule="refine"`: several levels, the lattice spacing halved where
+the map varies most. All get the same budget: the two-stage rules a fraction r of the fine cells and the
+coarse stride from the target speedup t, refine the speedup Eq. 28 predicts for that budget; tau 1 (no
+thresholding), so only the choice of cells differs. Each image: exact
+once (the reference), then every setting with every rule; SSIM on raw probability maps (`krypton.ssim`)
 and on rendered heat maps (the paper's measure), wall seconds of each run in the same process.
 
 Models: the 16 chest X-rays (Xception), the MRI slice (VGG16), the scikit-image photos
@@ -27,13 +29,14 @@ import torch  # noqa: E402
 
 import krypton  # noqa: E402
 from krypton.models.demos import DEMOS  # noqa: E402
+from krypton.modes.approximate import drilldown_gain, parse_drilldown  # noqa: E402
 from krypton.modes.quality import rendered_ssim  # noqa: E402
 
 from _common import timed  # noqa: E402
 
 GRID = {"xray": (16, 8), "mri": (32, 8), "imagenet": (32, 8), "distilled": (32, 8)}  # patch, stride
 BUDGETS = [{"fraction": 0.25, "speedup": 2.0}, {"fraction": 0.1, "speedup": 5.0}]  # ours; the paper's
-RULES = ("paper", "regions")
+RULES = ("paper", "regions", "refine")  # refine gets the same predicted gain: speedup = Eq. 28's prediction
 
 
 def model_and_images(name: str) -> tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]]:
@@ -47,6 +50,12 @@ def model_and_images(name: str) -> tuple[torch.nn.Module, list[tuple[str, torch.
     return distilled_resnet18(), images
 
 
+def gain(budget: dict, stride: int) -> float:
+    """The two-stage budget's predicted gain in positions (Eq. 28), which refine then spends."""
+    settings = parse_drilldown(budget)
+    return round(drilldown_gain(settings, (stride, stride)), 2)
+
+
 def run(name: str) -> dict[tuple[str, str], list[tuple[float, float, float, float]]]:
     """Per (budget, rule): (SSIM raw, SSIM rendered, seconds, exact seconds) for every image."""
     patch, stride = GRID[name]
@@ -57,9 +66,10 @@ def run(name: str) -> dict[tuple[str, str], list[tuple[float, float, float, floa
         for budget in BUDGETS:
             label = f"r {budget['fraction']}, t {budget['speedup']:g}"
             for rule in RULES:
+                spec = {**budget, "rule": rule} if rule != "refine" else {"rule": rule, "speedup": gain(budget, stride)}
                 seconds, approx = timed(
-                    lambda image=image, budget=budget, rule=rule, target=exact.target: krypton.explain(
-                        model, image, mode="approximate", tau=1.0, drilldown={**budget, "rule": rule},
+                    lambda image=image, spec=spec, target=exact.target: krypton.explain(
+                        model, image, mode="approximate", tau=1.0, drilldown=spec,
                         target=target, patch=patch, stride=stride,
                     )
                 )  # fmt: skip

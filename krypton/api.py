@@ -26,7 +26,7 @@ from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
 from krypton.modes.quality import ssim
 from krypton.modes.refine import Refinement
-from krypton.pipeline import PATHS, RunStats, evaluate, graph_for, guarded_call
+from krypton.pipeline import PATHS, Experience, RunStats, evaluate, graph_for, guarded_call
 from krypton.scores import check_target, probabilities
 
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
@@ -234,6 +234,7 @@ class _Job:
         self.path, self.clean, self.gates = "auto", None, False
         self.fine, self.positions = grid_occlusions(image, patch, stride, fill)
         self.grid = tuple(self.positions.shape[:-1])
+        self.experience = Experience()  # the passes of a drill-down share what each measured
         self.started = time.perf_counter()
 
     def run(self, settings: Drilldown | None) -> tuple[torch.Tensor, dict[str, Any], np.ndarray | None]:
@@ -319,6 +320,7 @@ class _Job:
                 levels=_grid_levels(occ) if report is not None else None,
                 clean=self.clean,
                 local_gates=self.gates,
+                experience=self.experience,
                 on_phase=None if bar is None else functools.partial(_phase, bar, f"krypton {self.mode}"),
             )
         finally:

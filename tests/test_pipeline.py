@@ -365,3 +365,25 @@ def test_partial_graph_runs_the_stem_incrementally_and_the_folded_rest_per_posit
     rest = [op for op in analysis.ops if op["op"] == "rest of the graph"]
     assert len(rest) == 1 and rest[0]["incremental_macs"] == rest[0]["naive_macs"] > 0
     assert 1.0 < analysis.speedup < analysis.per_position_speedup + 1e-9
+
+
+def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeypatch):
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    graph_for(model, image[None])
+    occ, _ = grid_occlusions(image[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
+    reference = krypton.explain(model, image, patch=12, stride=1, mode="naive").scores.reshape(occ.count, -1)
+    made = []
+    real = graphs.clean_pass
+    monkeypatch.setattr(graphs, "clean_pass", lambda *args, **kw: made.append(1) or real(*args, **kw))
+    experience = pipeline_run.Experience()
+    parts = np.arange(0, 80), np.arange(80, 150), np.arange(150, occ.count)
+    first, stats = pipeline_run.evaluate(model, occ.subset(parts[0]), batch_size=16, experience=experience)
+    assert stats.reason.startswith("calibrated") and experience.verdict() is not None, stats.reason
+    experience.incremental_s, experience.naive_s = 1e-3, 1.0  # as if the engine had measured faster
+    second, stats = pipeline_run.evaluate(model, occ.subset(parts[1]), batch_size=16, experience=experience)
+    assert stats.reason.startswith("an earlier pass measured incremental") and stats.path == "incremental"
+    assert len(made) == 1  # one clean pass for both
+    experience.incremental_s, experience.naive_s = 1.0, 1e-3  # and now as if naive had
+    third, stats = pipeline_run.evaluate(model, occ.subset(parts[2]), batch_size=16, experience=experience)
+    assert stats.reason.startswith("an earlier pass measured") and stats.path == "naive"
+    torch.testing.assert_close(torch.cat([first, second, third]), reference, rtol=1e-4, atol=1e-5)

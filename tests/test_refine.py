@@ -132,3 +132,11 @@ def test_staircase_finds_the_fastest_passing_setting_with_few_measurements():
         if best is not None:
             assert chosen.predicted_speedup == best.predicted_speedup
         assert len(measured) <= len(taus) + len(drills)
+
+
+def test_tune_tries_drilldown_only_on_grids_wide_enough():
+    model, image = model_and_image(40)
+    narrow = krypton.tune(model, [image], patch=8, stride=4, taus=(0.8,), target_ssim=0.99)  # a 9x9 grid
+    assert narrow.candidates and all(c.drilldown is None for c in narrow.candidates)
+    wide = krypton.tune(model, [image], patch=8, stride=2, taus=(0.8,), target_ssim=0.99)  # 17x17
+    assert any(c.drilldown is not None for c in wide.candidates)

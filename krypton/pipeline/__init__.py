@@ -7,7 +7,7 @@ failures); `guard` keeps model calls out of captures; `fastest_naive` is full re
 
 from krypton.pipeline.graphs import graph_for
 from krypton.pipeline.guard import call as guarded_call
-from krypton.pipeline.run import PATHS, evaluate, naive_is_enough
+from krypton.pipeline.run import PATHS, Experience, evaluate, naive_is_enough
 from krypton.pipeline.stats import RunStats
 
-__all__ = ["PATHS", "RunStats", "evaluate", "graph_for", "guarded_call", "naive_is_enough"]
+__all__ = ["PATHS", "Experience", "RunStats", "evaluate", "graph_for", "guarded_call", "naive_is_enough"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +44,24 @@ WARM_GIVE_UP = 4.0  # a first incremental batch this many times slower than naiv
 CLEAR_LOSS = 1.5  # a timed batch this many times slower than naive ends calibration without a second one
 TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
 TRIAL_MIN_S = 0.5  # a small run whose naive rest takes less than this stays naive without a trial
+
+
+@dataclass
+class Experience:
+    """What one `evaluate` call measured, for the next call on the same model, image and mode (the passes
+    of a drill-down): without it every pass would probe and calibrate again, and a pass of a few dozen
+    positions pays that in full. Only steady-state figures are kept (a small run's trial, clean pass
+    included, would speak against the engine for a larger pass)."""
+
+    naive_s: float | None = None  # naive seconds per position, from a batch after the first
+    incremental_s: float | None = None  # incremental seconds per position, from calibration
+    clean_pass: tuple[object, dict] | None = None  # (graph, every node's clean value): one clean pass
+
+    def verdict(self) -> str | None:
+        """ "incremental" or "naive" when both paths were measured, else None."""
+        if self.naive_s is None or self.incremental_s is None:
+            return None
+        return "incremental" if self.incremental_s < self.naive_s else "naive"
 
 
 def naive_is_enough(model: nn.Module, image: torch.Tensor, naive_seconds: float, path: str = "auto") -> str | None:
@@ -76,6 +95,7 @@ def evaluate(
     clean: torch.Tensor | None = None,
     on_phase: Callable[[str | None], None] | None = None,
     local_gates: bool = False,
+    experience: Experience | None = None,
 ) -> tuple[torch.Tensor, RunStats]:
     """(P, K) outputs for every occlusion and how they were computed.
 
@@ -85,12 +105,16 @@ def evaluate(
     partial results; `clean` is the model's output on the clean image, if the caller has it;
     `on_phase(text)` hears when a slow phase without progress starts (capturing the graph) and ends (None);
     `local_gates` (approximate mode) keeps squeeze-excitation gates' changes local (see
-    `modes.approximate.local_gates`).
+    `modes.approximate.local_gates`); `experience` carries measurements between the calls of one
+    explanation (read, and updated with what this call measured).
     """
     run = _Run(model, occ, mode, tau, batch_size, path, progress, on_batch, levels, clean)
     run.on_phase, run.gates = on_phase, local_gates and mode == "approximate"
+    run.experience = experience if experience is not None else Experience()
     started = time.perf_counter()
     outputs = run.go()
+    if run.naive.measured:
+        run.experience.naive_s = run.naive.seconds_per_position
     run.stats.wall_time_s = time.perf_counter() - started
     return outputs, run.stats
 
@@ -121,6 +145,7 @@ class _Run:
         self.incremental_done: list[np.ndarray] = []
         self.on_phase: Callable[[str | None], None] | None = None
         self.gates = False
+        self.experience = Experience()
 
     def go(self) -> torch.Tensor:
         if self.mode == "naive" or self.path == "naive":
@@ -131,13 +156,14 @@ class _Run:
             return self._finish_naive(refused)
         if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
             estimate = graphs.capture_estimate(self.model, self.occ.image)
-            self.naive.run(self.todo, max_batches=1, size=1)  # a big model's batch of 16 could be a minute
+            if self.experience.naive_s is None:  # a big model's batch of 16 could be a minute
+                self.naive.run(self.todo, max_batches=1, size=1)
             left = len(self._remaining())
-            remaining = (self.naive.seconds_per_position or 0.0) * left
-            if remaining <= PROBE_MARGIN * estimate:  # not clearly worth a graph: time real batches
+            remaining = (self._naive_s() or 0.0) * left
+            if remaining <= PROBE_MARGIN * estimate and self.experience.naive_s is None:  # unclear: time batches
                 self._naive_batches(NAIVE_PROBE_BATCHES)
                 left = len(self._remaining())
-                remaining = (self.naive.seconds_per_position or 0.0) * left
+                remaining = (self._naive_s() or 0.0) * left
             if remaining <= estimate:
                 return self._finish_naive(
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
@@ -179,12 +205,21 @@ class _Run:
         size = self.batch_size or auto_batch(plan)
         groups = self._groups(plan, size)
         clean_pass = None
+        earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
+        if earlier is not None:
+            self.stats.reason = (
+                f"an earlier pass measured incremental {self.experience.incremental_s * 1e3:.3g} ms/position vs "
+                f"naive {self.experience.naive_s * 1e3:.3g} ms"
+            )
+            if earlier == "naive":
+                return self._finish_naive(self.stats.reason)
         try:
-            if self.path == "auto" and limit < CALIBRATE_BELOW and len(groups) > 3:
+            calibrate = earlier is None and self.path == "auto" and limit < CALIBRATE_BELOW  # else measured already
+            if calibrate and len(groups) > 3:
                 clean_pass, groups = self._calibrate(graph, plan, size, groups, limit)
                 if groups is None:
                     return self._finish(checked=True)
-            elif self.path == "auto" and limit < CALIBRATE_BELOW:
+            elif calibrate:
                 clean_pass, groups = self._trial(graph, plan, size, limit)
                 if groups is None:
                     return self._finish(checked=True)
@@ -200,13 +235,13 @@ class _Run:
 
     def _calibrate(self, graph, plan, size, groups, limit):
         """Time incremental batches against naive's time per position; None groups: naive is faster."""
-        if not self.naive.measured:
+        if not self.naive.measured and self.experience.naive_s is None:
             self._naive_batches(NAIVE_PROBE_BATCHES)
             done = self.collector.done
             groups = [g[~done[g]] for g in groups if (~done[g]).any()]
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
         clean_pass = self._clean_pass(graph)
-        naive = self.naive.seconds_per_position
+        naive = self._naive_s()
         started = time.perf_counter()
         self._incremental(graph, plan, size, warm, clean_pass)
         per_position = (time.perf_counter() - started) / max(1, len(warm[0]))
@@ -218,6 +253,7 @@ class _Run:
             self._incremental(graph, plan, size, [group], clean_pass)
             spent, count = spent + time.perf_counter() - started, count + len(group)
             per_position = spent / max(1, count)
+            self.experience.incremental_s, self.experience.naive_s = per_position, naive
             clear = per_position > CLEAR_LOSS * naive if naive is not None else False
             if naive is not None and (clear or (i == len(timed) - 1 and per_position > naive)):
                 return clean_pass, self._naive_wins(per_position, naive, limit, f"{count} positions timed")
@@ -228,7 +264,9 @@ class _Run:
         return clean_pass, rest
 
     def _naive_wins(self, per_position: float, naive: float, limit: float, basis: str) -> None:
-        """Record why, check the incremental positions done so far, and let naive finish the run."""
+        """Record why (for later passes too), check the incremental positions done so far, and let naive
+        finish the run."""
+        self.experience.incremental_s, self.experience.naive_s = per_position, naive
         self.stats.reason = (
             f"calibrated ({basis}): incremental {per_position * 1e3:.3g} ms/position vs naive "
             f"{naive * 1e3:.3g} ms (plan predicted {limit:.2f}x at best): naive finishes the run"
@@ -239,14 +277,15 @@ class _Run:
 
     def _trial(self, graph, plan, size, limit):
         """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
-        and all (fixed costs count in a small run), against naive's time per position; None: naive wins."""
-        if not self.naive.measured:
+        and all (fixed costs count in a small run: the clean pass is spread over the positions left, as
+        the engine would spend it), against naive's time per position; None: naive wins."""
+        if not self.naive.measured and self.experience.naive_s is None:
             self._naive_batches(1)
         remaining = self._remaining()
         if not len(remaining):
             self.stats.reason = "a small run: the timed naive batch covered every position"
             return None, None
-        left = (self.naive.seconds_per_position or 0.0) * len(remaining)
+        left = (self._naive_s() or 0.0) * len(remaining)
         if left < TRIAL_MIN_S:  # nothing the engine could save would pay for trying it
             self.stats.reason = (f"a small run: re-inferring the other {len(remaining)} positions (~{left:.2g} s) "
                                  "costs less than trying the engine")  # fmt: skip
@@ -254,10 +293,11 @@ class _Run:
             return None, None
         trial = np.sort(remaining[:TRIAL_POSITIONS])
         started = time.perf_counter()
-        clean_pass = self._clean_pass(graph)
+        clean_pass = self._clean_pass(graph)  # free when an earlier pass of this explanation made it
+        fixed, started = time.perf_counter() - started, time.perf_counter()
         self._incremental(graph, plan, size, [trial], clean_pass)
-        per_position = (time.perf_counter() - started) / len(trial)
-        naive = self.naive.seconds_per_position
+        per_position = (time.perf_counter() - started) / len(trial) + fixed / len(remaining)
+        naive = self._naive_s()
         verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
         verdict += f"{naive * 1e3:.3g} ms" if naive is not None else "(untimed)"
         self.stats.reason = verdict
@@ -269,8 +309,14 @@ class _Run:
         return clean_pass, self._groups(plan, size)
 
     def _clean_pass(self, graph) -> dict:
-        """The clean pass (a graph from disk is checked on it: StaleGraph when it fails)."""
-        return graphs.clean_pass(graph, self.model, self.occ.image, self.clean)
+        """The clean pass (a graph from disk is checked on it: StaleGraph when it fails), once per
+        explanation: an earlier pass's is reused."""
+        kept = self.experience.clean_pass
+        if kept is not None and kept[0] is graph:
+            return kept[1]
+        env = graphs.clean_pass(graph, self.model, self.occ.image, self.clean)
+        self.experience.clean_pass = (graph, env)
+        return env
 
     def _incremental(self, graph, plan, size, groups, clean_pass) -> None:
         clean_pass = clean_pass if clean_pass is not None else self._clean_pass(graph)
@@ -288,6 +334,12 @@ class _Run:
         for level in np.unique(self.levels[remaining]):
             groups += batches(plan, size, np.sort(remaining[self.levels[remaining] == level]))
         return groups
+
+    def _naive_s(self) -> float | None:
+        """Naive seconds per position: this run's measured batches, else an earlier pass's, else the probe."""
+        if self.naive.measured or self.experience.naive_s is None:
+            return self.naive.seconds_per_position
+        return self.experience.naive_s
 
     def _naive_batches(self, count: int) -> None:
         self.naive.run(self.todo, max_batches=count)
