@@ -245,7 +245,9 @@ class _Job:
             return self._refined(settings)
         s1 = coarse_stride(settings, self.stride)
         coarse, coarse_grid = coarse_occlusions(self.image, self.patch, s1, self.fill)
+        self.experience.ahead = math.ceil(settings.fraction * self.fine.count)  # stage 2 follows
         stage1, stats1 = self.evaluate(coarse, None)
+        self.experience.ahead = 0
         interpolated, rows = drill(
             stage1, coarse_grid, s1, self.grid, self.stride, self.target, settings.fraction, settings.rule
         )
@@ -265,6 +267,7 @@ class _Job:
         rows, values, computed, runs = visit.start(), None, [], []
         first = len(rows)
         while len(rows):
+            self.experience.ahead = visit.budget - int(visit.known.sum())  # the levels still to come
             outputs, stats = self.evaluate(subset(self.fine, rows), None)
             if values is None:
                 values = np.full((self.fine.count, outputs.shape[-1]), np.nan)

@@ -387,3 +387,19 @@ def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeyp
     third, stats = pipeline_run.evaluate(model, occ.subset(parts[2]), batch_size=16, experience=experience)
     assert stats.reason.startswith("an earlier pass measured") and stats.path == "naive"
     torch.testing.assert_close(torch.cat([first, second, third]), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_small_pass_with_more_to_come_trials_a_whole_batch_and_keeps_the_verdict():
+    model, image = cnn(width=64), torch.randn(3, 48, 48)
+    graph_for(model, image[None])
+    occ, _ = grid_occlusions(image[None], (24, 24), (4, 4), torch.zeros(3, 24, 24))  # 49 positions
+    alone = pipeline_run.Experience()
+    pipeline_run.evaluate(model, occ, experience=alone)
+    assert alone.verdict() is None  # a small run on its own: 4 trial positions at most, nothing kept
+    more = pipeline_run.Experience(ahead=10_000)  # the first pass of a long drill-down
+    outputs, stats = pipeline_run.evaluate(model, occ, experience=more)
+    assert stats.reason.startswith("trial: incremental"), stats.reason
+    assert more.verdict() is not None  # kept for the passes to come
+    assert stats.incremental_positions > pipeline_run.TRIAL_POSITIONS  # a whole batch, not 4 positions
+    reference = krypton.explain(model, image, patch=24, stride=4, mode="naive").scores.reshape(occ.count, -1)
+    torch.testing.assert_close(outputs, reference, rtol=1e-4, atol=1e-5)

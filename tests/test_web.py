@@ -376,13 +376,14 @@ def test_job_matches_explain(client, mode):
     assert final["maps"][mode]["done"] == final["maps"][mode]["total"] == 49
 
 
-def test_drilldown_job_matches_explain(client):
+@pytest.mark.parametrize("drill", [{"fraction": 0.3, "speedup": 2.0}, {"rule": "refine", "speedup": 2.0}])
+def test_drilldown_job_matches_explain(client, drill):
     pid = _picture(client)["id"]
-    drill = {"fraction": 0.3, "speedup": 2.0}
     final = _run(client, image_id=pid, patch=8, stride=2, mode="approximate", tau=1.0, drilldown=drill)
     expected = _explain(0, patch=8, stride=2, mode="approximate", tau=1.0, drilldown=drill)
     np.testing.assert_allclose(_heat(final, "approximate"), expected.heatmap.numpy(), atol=1e-5)
-    assert final["result"]["phases"]["approximate"]["stats"]["drilled_positions"] < 169
+    stats = final["result"]["phases"]["approximate"]["stats"]
+    assert stats["drilled_positions"] < 169 and stats["drilldown"]["rule"] == drill.get("rule", "regions")
 
 
 @pytest.mark.parametrize("mode", ["exact", "naive"])
@@ -501,6 +502,8 @@ BAD_JOBS = [
     ({"compare": True}, 400, "need mode 'approximate'"),
     ({"mode": "approximate", "tau": 1.5}, 422, "tau"),
     ({"mode": "approximate", "drilldown": {"fraction": 0.5, "speedup": 3}}, 400, "unreachable"),
+    ({"mode": "approximate", "drilldown": {"rule": "refine", "fraction": 0.5}}, 400, "fraction applies to the two"),
+    ({"mode": "approximate", "drilldown": {"rule": "magic"}}, 422, "drilldown.rule"),
     (
         {"mode": "approximate", "drilldown": {"fraction": 0.2}, "region": {"x": 0, "y": 0, "width": 9, "height": 9}},
         400,

@@ -56,6 +56,8 @@ class Experience:
     naive_s: float | None = None  # naive seconds per position, from a batch after the first
     incremental_s: float | None = None  # incremental seconds per position, from calibration
     clean_pass: tuple[object, dict] | None = None  # (graph, every node's clean value): one clean pass
+    ahead: int = 0  # positions the explanation evaluates after this call (set by the caller)
+    checked: bool = False  # the engine passed its self-check on an earlier pass (same graph and settings)
 
     def verdict(self) -> str | None:
         """ "incremental" or "naive" when both paths were measured, else None."""
@@ -285,19 +287,22 @@ class _Run:
         if not len(remaining):
             self.stats.reason = "a small run: the timed naive batch covered every position"
             return None, None
-        left = (self._naive_s() or 0.0) * len(remaining)
+        left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
         if left < TRIAL_MIN_S:  # nothing the engine could save would pay for trying it
             self.stats.reason = (f"a small run: re-inferring the other {len(remaining)} positions (~{left:.2g} s) "
                                  "costs less than trying the engine")  # fmt: skip
             self.naive.run(self._remaining())
             return None, None
-        trial = np.sort(remaining[:TRIAL_POSITIONS])
+        # more passes to come (a drill-down): one whole batch, whose verdict the later passes then follow
+        trial = np.sort(remaining[: size if self.experience.ahead else TRIAL_POSITIONS])
         started = time.perf_counter()
         clean_pass = self._clean_pass(graph)  # free when an earlier pass of this explanation made it
         fixed, started = time.perf_counter() - started, time.perf_counter()
         self._incremental(graph, plan, size, [trial], clean_pass)
         per_position = (time.perf_counter() - started) / len(trial) + fixed / len(remaining)
         naive = self._naive_s()
+        if self.experience.ahead:
+            self.experience.incremental_s, self.experience.naive_s = per_position, naive
         verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
         verdict += f"{naive * 1e3:.3g} ms" if naive is not None else "(untimed)"
         self.stats.reason = verdict
@@ -367,7 +372,7 @@ class _Run:
 
     def _check_incremental(self) -> bool:
         """Self-check the incremental positions; on a mismatch warn and recompute them in full."""
-        if not self.incremental_done:
+        if not self.incremental_done or self.experience.checked:  # one check per explanation, as for one pass
             return True
         index = np.concatenate(self.incremental_done)
         outputs = self.collector.outputs
@@ -378,6 +383,7 @@ class _Run:
         else:  # approximations differ from naive by design: check the engine itself on two positions
             worst = self._probe_exact(index)
         if worst is None:
+            self.experience.checked = True
             return True
         warnings.warn(
             f"krypton: incremental results differ from full inference by {worst:.3g}; "

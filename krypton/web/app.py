@@ -17,7 +17,7 @@ import math
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -73,8 +73,9 @@ class RegionBody(Strict):
 
 
 class DrillBody(Strict):
-    fraction: float = Field(0.25, gt=0, le=1)
-    speedup: float = Field(3.0, gt=1, le=1000)
+    rule: Literal["regions", "paper", "refine"] = "regions"
+    fraction: float | None = Field(None, gt=0, le=1)  # two-stage rules only (default 0.25)
+    speedup: float = Field(3.0, ge=1, le=1000)
 
 
 class EstimateBody(Strict):
@@ -377,7 +378,7 @@ def _job_args(body: EstimateBody) -> dict[str, Any]:
         "patch": body.patch,
         "stride": body.stride,
         "tau": body.tau,
-        "drilldown": body.drilldown.model_dump() if body.drilldown else None,
+        "drilldown": body.drilldown.model_dump(exclude_none=True) if body.drilldown else None,
         "region": Region(**body.region.model_dump()) if body.region else None,
     }
     if isinstance(body, JobBody):

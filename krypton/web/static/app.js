@@ -190,7 +190,10 @@ function settings() {
                  region: state.region };
   if (m === "approximate") {
     body.tau = Number($("tau").value);
-    if ($("drill").checked) body.drilldown = { fraction: Number($("fraction").value), speedup: Number($("speedup").value) };
+    if ($("drill").checked) {
+      const rule = $("drill-rule").value, speedup = Number($("speedup").value);
+      body.drilldown = rule === "refine" ? { rule, speedup } : { rule, fraction: Number($("fraction").value), speedup };
+    }
   }
   return body;
 }
@@ -277,6 +280,7 @@ function syncMode() {
   $("approx-settings").classList.toggle("off", !approx);
   for (const el of $("approx-settings").querySelectorAll("input")) el.disabled = !approx;
   $("drill-settings").classList.toggle("off", !approx || !$("drill").checked);
+  $("fraction-label").classList.toggle("off", $("drill-rule").value === "refine");  // refine has no share
   $("tau-value").textContent = Number($("tau").value).toFixed(2);
   $("run").textContent = state.region ? "Explain region" : "Explain";
 }
@@ -544,7 +548,7 @@ function wire() {
   $("image").addEventListener("change", () => loadPicture(() => post("/api/images/demo",
     { demo: $("demo").value, index: Number($("image").value) })));
   $("upload").addEventListener("change", (e) => { if (e.target.files[0]) upload(e.target.files[0]); e.target.value = ""; });
-  for (const id of ["patch", "stride", "tau", "fraction", "speedup", "drill"]) $(id).addEventListener("input", () => { syncMode(); estimate(); });
+  for (const id of ["patch", "stride", "tau", "fraction", "speedup", "drill", "drill-rule"]) $(id).addEventListener("input", () => { syncMode(); estimate(); });
   for (const el of document.querySelectorAll("input[name=mode]")) el.addEventListener("change", () => { syncMode(); estimate(); });
   $("fill").addEventListener("input", () => { redrawOverlay(); if (state.mask && state.mask.some((v) => v)) predictBrush(); });
   $("run").addEventListener("click", run);
