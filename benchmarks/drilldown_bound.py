@@ -23,12 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
+from bench_drilldown import GRID, model_and_images  # noqa: E402
 
 import krypton  # noqa: E402
 from krypton.modes.refine import Refinement  # noqa: E402
 from krypton.scores import probabilities  # noqa: E402
-
-from bench_drilldown import GRID, model_and_images  # noqa: E402
 
 BUDGETS = (1 / 2, 1 / 3, 1 / 4)
 CACHE = Path(__file__).resolve().parent / ".cache" / "exact-maps"

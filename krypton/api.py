@@ -376,8 +376,9 @@ def _merged(runs: list[RunStats], labels: list[str], positions: int, first: int)
         capture_s=runs[0].capture_s,
         fallbacks=last.fallbacks,
     )
-    if all(r.macs is not None for r in runs) and runs[0].macs_naive is not None:
-        stats.macs = sum(r.macs for r in runs)
+    spent = [r.macs for r in runs if r.macs is not None]
+    if len(spent) == len(runs) and runs[0].macs_naive is not None:
+        stats.macs = float(sum(spent))
         stats.macs_naive = runs[0].macs_naive / first * positions
     return stats
 

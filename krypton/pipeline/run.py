@@ -209,9 +209,10 @@ class _Run:
         clean_pass = None
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
         if earlier is not None:
+            seen = self.experience
             self.stats.reason = (
-                f"an earlier pass measured incremental {self.experience.incremental_s * 1e3:.3g} ms/position vs "
-                f"naive {self.experience.naive_s * 1e3:.3g} ms"
+                f"an earlier pass measured incremental {(seen.incremental_s or 0) * 1e3:.3g} ms/position vs "
+                f"naive {(seen.naive_s or 0) * 1e3:.3g} ms"
             )
             if earlier == "naive":
                 return self._finish_naive(self.stats.reason)
