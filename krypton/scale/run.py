@@ -8,9 +8,12 @@ call again does only what is missing or failed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,8 +203,32 @@ def _header(run: _Run, todo: int, where: str, verbose: bool) -> None:
 def _in_process(run: _Run, worker: Explainer, todo: list[Item], verbose: bool) -> None:
     run.info = _check([worker.ready()])
     _header(run, len(todo), "1 worker (this process)", verbose)
-    for item in todo:
-        run.done(item, worker.explain(item))  # reading the file is part of it: a bad file becomes "failed"
+    with _ctrl_c_noted() as pressed:
+        for item in todo:
+            run.done(item, worker.explain(item))  # reading the file is part of it: a bad file becomes "failed"
+            if pressed:  # a Ctrl-C whose KeyboardInterrupt landed in a finaliser, where Python drops it
+                raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[list[bool]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also noted (a list that turns truthy), for the
+    loop to stop at the next image when the exception was swallowed (e.g. raised inside a weakref
+    callback, where Python only prints "Exception ignored"). Main thread only; elsewhere nothing changes."""
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        pressed.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _on_ray(
