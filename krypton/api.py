@@ -263,7 +263,7 @@ class _Job:
 
     def _refined(self, settings: Drilldown) -> tuple[torch.Tensor, dict[str, Any], np.ndarray]:
         """Rule "refine": the first lattice, then level by level where the estimate varies most."""
-        visit = Refinement(self.grid, round(self.fine.count / settings.speedup), refine_step(settings, self.stride))
+        visit = self._refinement(settings)
         rows, values, computed, runs = visit.start(), None, [], []
         first = len(rows)
         while len(rows):
@@ -287,15 +287,18 @@ class _Job:
         rows = np.concatenate([r for r, _ in computed])
         return combine(estimate, rows, torch.cat([o for _, o in computed])), info, drilled
 
+    def _refinement(self, settings: Drilldown) -> Refinement:
+        """The visit plan of rule "refine": 1/speedup of the fine positions, from its first lattice."""
+        return Refinement(self.grid, round(self.fine.count / settings.speedup), refine_step(settings, self.stride))
+
     def _settings(self, settings: Drilldown | None) -> dict[str, Any]:
         info: dict[str, Any] = {"tau": self.tau if self.mode == "approximate" else None}
         if self.gates:
             info["local_gates"] = True
         if settings is not None and settings.rule == "refine":
-            step = Refinement(self.grid, round(self.fine.count / settings.speedup), refine_step(settings, self.stride))
             info["drilldown"] = {
                 "speedup": settings.speedup,
-                "coarse_stride": tuple(step.step * s for s in self.stride),
+                "coarse_stride": tuple(self._refinement(settings).step * s for s in self.stride),
                 "rule": settings.rule,
             }
         elif settings is not None:
