@@ -48,9 +48,10 @@ def test_tiny_model_stays_naive_and_equals_incremental():
     torch.testing.assert_close(auto.scores, forced.scores, rtol=1e-4, atol=1e-5)
 
 
-def test_graph_in_memory_is_used_and_calibration_keeps_results_exact():
+def test_graph_in_memory_is_used_and_calibration_keeps_results_exact(monkeypatch):
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph_for(model, image[None])  # a graph at hand: the plan and calibration decide
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # as if the run were long enough to calibrate
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
     assert result.stats["graph_source"] == "memory"
@@ -59,11 +60,24 @@ def test_graph_in_memory_is_used_and_calibration_keeps_results_exact():
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
 
 
+def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
+    """Calibration needs enough batches, but its slow batches cost more than a short run could win."""
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    graph_for(model, image[None])
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)  # as if the run's naive rest were short
+    result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)  # 169 positions, 11 batches
+    naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
+    assert result.stats["reason"].startswith("re-inferring the other 137 positions"), result.stats["reason"]
+    assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
 def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph_for(model, image[None])
     naive_is_free = property(lambda self: 1e-12, lambda self, value: None)
     monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", naive_is_free, raising=False)
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # calibrate even though naive looks free
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
     assert result.stats["reason"].startswith("calibrated") and "naive finishes" in result.stats["reason"]
@@ -319,7 +333,7 @@ def test_small_run_tries_a_few_positions_before_choosing(monkeypatch):
     model, image = cnn(width=64), torch.randn(3, 48, 48)  # ~0.1 GMACs/position: naive batches stay at 16
     graph_for(model, image[None])  # a graph at hand, but only one batch of positions: no calibration
     short = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
-    assert short.stats["reason"].startswith("a small run: re-inferring the other"), short.stats["reason"]
+    assert short.stats["reason"].startswith("re-inferring the other"), short.stats["reason"]
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # as if the rest took long enough to try
     result = krypton.explain(model, image, patch=24, stride=4)
     naive = krypton.explain(model, image, patch=24, stride=4, mode="naive")
@@ -375,6 +389,7 @@ def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeyp
     made = []
     real = graphs.clean_pass
     monkeypatch.setattr(graphs, "clean_pass", lambda *args, **kw: made.append(1) or real(*args, **kw))
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # long enough to calibrate
     experience = pipeline_run.Experience()
     parts = np.arange(0, 80), np.arange(80, 150), np.arange(150, occ.count)
     first, stats = pipeline_run.evaluate(model, occ.subset(parts[0]), batch_size=16, experience=experience)

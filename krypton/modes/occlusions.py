@@ -38,14 +38,17 @@ class Occlusions:
         """The same occlusions at some positions only."""
         return Occlusions(self.image, self.lo[rows], self.hi[rows], self.patch, self.baseline, self.occluder)
 
-    def images(self, index: np.ndarray, cache: PaddedCache | None = None) -> torch.Tensor:
-        """The occluded inputs themselves (B, C, *spatial), for full re-inference."""
+    def images(
+        self, index: np.ndarray, cache: PaddedCache | None = None, layout: torch.memory_format | None = None
+    ) -> torch.Tensor:
+        """The occluded inputs themselves (B, C, *spatial), for full re-inference, in the caller's memory
+        layout unless `layout` names another (made in it directly: no second copy)."""
         cache = cache or PaddedCache()
         occluded = self.occluded_input().window(index, cache)
         body = tuple(self.image.shape[1:])
         start = np.zeros((len(index), len(body)), dtype=np.int64)
         images = read_window(self.image, occluded, start, body, 0.0, cache)
-        return images.contiguous(memory_format=_layout(self.image))  # the model sees the caller's layout
+        return images.contiguous(memory_format=layout or _layout(self.image))
 
 
 def _layout(image: torch.Tensor) -> torch.memory_format:

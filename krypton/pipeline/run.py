@@ -7,9 +7,10 @@
    refine the figure, and if re-inferring the rest costs less than the predicted capture, the run stays
    naive;
 3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
-   pay runs naive, a modest one is calibrated on the first incremental batches against naive's measured
-   time per position (a run too small to calibrate stays naive when its rest is cheap, or times a few
-   positions, fixed costs included), and the faster path finishes the run;
+   pay runs naive, and so does a modest one on a run whose naive rest is too cheap for the most it could
+   save to pay for trying; otherwise a modest saving is calibrated on the first incremental batches
+   against naive's measured time per position (a run too small to calibrate times a few positions,
+   fixed costs included), and the faster path finishes the run;
 4. incremental outputs are self-checked against full inference; a mismatch re-runs those positions naive.
 Exact mode's numbers are the same on either path, so switching part-way is safe. Every decision and its
 reason lands in `RunStats`.
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from krypton.capture import CaptureError
+from krypton.capture import CaptureError, Graph
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.modes.approximate import approximation
 from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
@@ -43,9 +44,9 @@ PROBE_MARGIN = 3.0  # a one-position probe decides alone when the rest costs thi
 WARM_GIVE_UP = 4.0  # a first incremental batch this many times slower than naive ends calibration at once
 CLEAR_LOSS = 1.5  # a timed batch this many times slower than naive ends calibration without a second one
 TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
-TRIAL_MIN_S = 0.5  # a small run whose best-case saving (its naive rest x (1 - 1/plan limit)) is under this
-# stays naive without a trial (a trial costs a clean pass and a few slow positions: inception_v4 at 25
-# positions lost 0.64x of naive to one that could have saved at most 0.18 s)
+TRIAL_MIN_S = 0.5  # a run whose best-case saving (its naive rest x (1 - 1/plan limit)) is under this stays
+# naive without a trial or calibration (a trial costs a clean pass and a few slow positions: inception_v4 at
+# 25 positions lost 0.64x of naive to one that could have saved at most 0.18 s)
 
 
 @dataclass
@@ -158,7 +159,8 @@ class _Run:
         if refused:  # known before any work (and warned about when it was first found): no new warning
             self.stats.mode = "naive"  # a fallback, as when the capture fails: say so
             return self._finish_naive(refused)
-        if self.path == "auto" and graphs.in_memory(self.model, self.occ.image) is None:
+        known = graphs.in_memory(self.model, self.occ.image)  # one lookup: the key hashes every weight
+        if self.path == "auto" and known is None:
             estimate = graphs.capture_estimate(self.model, self.occ.image)
             if self.experience.naive_s is None:  # a big model's batch of 16 could be a minute
                 self.naive.run(self.todo, max_batches=1, size=1)
@@ -174,22 +176,25 @@ class _Run:
                     f"having the graph (~{estimate:.2g} s)"
                 )
         try:
-            return self._engine()
+            return self._engine(known)
         except graphs.StaleGraph:  # a stored graph failed its check, before any incremental result
-            return self._engine()  # captured afresh this time
+            return self._engine(None)  # captured afresh this time
 
-    def _engine(self) -> torch.Tensor:
-        """Have the graph and the plan, then let `_with_plan` choose and run the path."""
-        on_phase = self.on_phase if graphs.in_memory(self.model, self.occ.image) is None else None
-        if on_phase is not None:
-            on_phase("capturing the model graph")
-        try:
-            found = graphs.graph_for(self.model, self.occ.image)
-        except CaptureError as exc:
-            return self._fail(str(exc))
-        finally:
-            if on_phase is not None:
-                on_phase(None)
+    def _engine(self, known: Graph | None) -> torch.Tensor:
+        """Have the graph (`known`: already in memory) and the plan, then let `_with_plan` choose and run
+        the path."""
+        if known is not None:
+            found = graphs.Captured(known, "memory", 0.0)
+        else:
+            if self.on_phase is not None:
+                self.on_phase("capturing the model graph")
+            try:
+                found = graphs.graph_for(self.model, self.occ.image)
+            except CaptureError as exc:
+                return self._fail(str(exc))
+            finally:
+                if self.on_phase is not None:
+                    self.on_phase(None)
         self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
         try:
             plan = plan_for(found.graph, self.occ, approximation(self.tau, self.gates))
@@ -207,7 +212,6 @@ class _Run:
         if self.path == "auto" and limit < MIN_GAIN:
             return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
         size = self.batch_size or auto_batch(plan)
-        groups = self._groups(plan, size)
         clean_pass = None
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
         if earlier is not None:
@@ -220,14 +224,15 @@ class _Run:
                 return self._finish_naive(self.stats.reason)
         try:
             calibrate = earlier is None and self.path == "auto" and limit < CALIBRATE_BELOW  # else measured already
-            if calibrate and len(groups) > 3:
-                clean_pass, groups = self._calibrate(graph, plan, size, groups, limit)
-                if groups is None:
-                    return self._finish(checked=True)
-            elif calibrate:
+            groups: list[np.ndarray] | None
+            if calibrate and self._group_count(size) > 3:
+                clean_pass, groups = self._calibrate(graph, plan, size, self._groups(plan, size), limit)
+            elif calibrate:  # grouping waits until the trial chose the engine: a small run gone naive skips it
                 clean_pass, groups = self._trial(graph, plan, size, limit)
-                if groups is None:
-                    return self._finish(checked=True)
+            else:
+                groups = self._groups(plan, size)
+            if groups is None:
+                return self._finish(checked=True)
             if groups:
                 self._incremental(graph, plan, size, groups, clean_pass)
         except graphs.StaleGraph:
@@ -244,6 +249,8 @@ class _Run:
             self._naive_batches(NAIVE_PROBE_BATCHES)
             done = self.collector.done
             groups = [g[~done[g]] for g in groups if (~done[g]).any()]
+        if self._not_worth_trying(limit):  # calibration risks a few slow batches for a saving this small
+            return None, None
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
         clean_pass = self._clean_pass(graph)
         naive = self._naive_s()
@@ -290,12 +297,7 @@ class _Run:
         if not len(remaining):
             self.stats.reason = "a small run: the timed naive batch covered every position"
             return None, None
-        left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
-        if left * (1 - 1 / limit) < TRIAL_MIN_S:  # the most the engine could save would not pay for trying it
-            self.stats.reason = (f"a small run: re-inferring the other {len(remaining)} positions (~{left:.2g} s) "
-                                 f"costs less than trying the engine (it could save at most 1 - 1/{limit:.2f} "
-                                 "of that)")  # fmt: skip
-            self.naive.run(self._remaining())
+        if self._not_worth_trying(limit):
             return None, None
         # more passes to come (a drill-down): one whole batch, whose verdict the later passes then follow
         trial = np.sort(remaining[: size if self.experience.ahead else TRIAL_POSITIONS])
@@ -320,6 +322,20 @@ class _Run:
             self.naive.run(self._remaining())
             return clean_pass, None
         return clean_pass, self._groups(plan, size)
+
+    def _not_worth_trying(self, limit: float) -> bool:
+        """When the most the engine could save on the rest, naive rest x (1 - 1/limit), is under
+        TRIAL_MIN_S, naive finishes the run at once (True): a trial or calibration costs a clean pass and
+        a few positions that may be slower than naive, more than such a run could win (LeViT-128s, 196
+        positions, 0.8 s: calibration's 34 incremental positions cost 0.29 s, 0.74x of naive)."""
+        remaining = self._remaining()
+        left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
+        if left * (1 - 1 / limit) >= TRIAL_MIN_S:
+            return False
+        self.stats.reason = (f"re-inferring the other {len(remaining)} positions (~{left:.2g} s) costs less than "
+                             f"trying the engine (it could save at most 1 - 1/{limit:.2f} of that)")  # fmt: skip
+        self.naive.run(remaining)
+        return True
 
     def _clean_pass(self, graph) -> dict:
         """The clean pass (a graph from disk is checked on it: StaleGraph when it fails), once per
@@ -347,6 +363,14 @@ class _Run:
         for level in np.unique(self.levels[remaining]):
             groups += batches(plan, size, np.sort(remaining[self.levels[remaining] == level]))
         return groups
+
+    def _group_count(self, size: int) -> int:
+        """How many batches `_groups` would make, without grouping (batches are cut `size` at a time)."""
+        remaining = self._remaining()
+        if self.levels is None:
+            return -(-len(remaining) // size)
+        _, counts = np.unique(self.levels[remaining], return_counts=True)
+        return int((-(-counts // size)).sum())
 
     def _naive_s(self) -> float | None:
         """Naive seconds per position: this run's measured batches, else an earlier pass's, else the probe."""
