@@ -19,14 +19,13 @@ from krypton.capture import Graph
 from krypton.choices import MODES
 from krypton.engine.plan import Plan, batches, position_macs
 from krypton.explanation import Explanation
-from krypton.modes.approximate import Drilldown, approximation, coarse_stride, parse_drilldown, refine_step
+from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, refine_step
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
-from krypton.modes.exact import auto_batch, plan_for
 from krypton.modes.occlusions import Occlusions, grid_occlusions
 from krypton.modes.progressive import OnUpdate, Update, fill_missing, levels
 from krypton.modes.quality import ssim
 from krypton.modes.refine import Refinement
-from krypton.pipeline import PATHS, Experience, RunStats, evaluate, graph_for, guarded_call
+from krypton.pipeline import PATHS, Experience, RunStats, evaluate, graph_for, guarded_call, plans
 from krypton.scores import check_target, probabilities
 
 DEFAULT_TAU = 0.7  # the paper's tuned value for ResNet18 on OCT; tune() finds one for your data
@@ -476,9 +475,9 @@ def analyze(
     image = torch.zeros(shape)
     graph = captured(model, image)
     occlusions, _ = grid_occlusions(image, patch, stride, torch.zeros(shape[1], *patch))
-    plan = plan_for(graph, occlusions, approximation(tau, local_gates))
-    batch_size = _validate.positive_int("batch_size", batch_size) or auto_batch(plan)
-    return _analysis(plan, batch_size)
+    made = plans.planned(graph, occlusions, tau, local_gates)
+    batch_size = _validate.positive_int("batch_size", batch_size) or made.batch
+    return _analysis(made.plan, batch_size)
 
 
 def _analysis(plan: Plan, batch_size: int) -> Analysis:

@@ -13,7 +13,7 @@ from torch import nn
 
 import krypton
 from krypton.modes.occlusions import Collector, grid_occlusions
-from krypton.pipeline import disk_cache, fastest_naive, graph_for, graphs, guard
+from krypton.pipeline import disk_cache, fastest_naive, graph_for, graphs, guard, plans
 from krypton.pipeline import run as pipeline_run
 
 
@@ -70,6 +70,26 @@ def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
     assert result.stats["reason"].startswith("re-inferring the other 137 positions"), result.stats["reason"]
     assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_a_plan_is_reused_for_the_same_geometry_and_only_for_it(monkeypatch):
+    """Plans depend on boxes, not pixels: a second image of the same size plans nothing, and its scores
+    are still exactly naive's; another stride or tau plans afresh."""
+    model = cnn(width=16)
+    first, second = torch.randn(3, 24, 24), torch.randn(3, 24, 24)
+    graph_for(model, first[None])
+    plans.clear()
+    made = []
+    real = plans.plan_for
+    monkeypatch.setattr(plans, "plan_for", lambda *args: made.append(1) or real(*args))
+    krypton.explain(model, first, patch=8, stride=4, path="incremental")
+    again = krypton.explain(model, second, patch=8, stride=4, path="incremental")
+    assert len(made) == 1 and again.stats["path"] == "incremental"
+    naive = krypton.explain(model, second, patch=8, stride=4, mode="naive")
+    torch.testing.assert_close(again.scores, naive.scores, rtol=1e-4, atol=1e-5)
+    krypton.explain(model, second, patch=8, stride=2, path="incremental")
+    krypton.explain(model, second, patch=8, stride=4, mode="approximate", tau=0.7, path="incremental")
+    assert len(made) == 3
 
 
 def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):

@@ -109,10 +109,11 @@ def test_staircase_finds_the_fastest_passing_setting_with_few_measurements():
     taus = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
     drills = (None, 2.0, 3.0, 4.0, 6.0)
     rng = np.random.default_rng(0)
-    for _ in range(20):  # random monotone quality landscapes
+    for trial in range(40):  # random monotone quality landscapes
         slope_tau, slope_drill = rng.uniform(0.1, 1.0, size=2)
+        tau_gain = 1.0 if trial % 2 else 8.0  # tau alone may promise more than a mild drill-down (X-ray 16/4)
         candidates = [
-            Candidate(t, None if d is None else {"rule": "refine", "speedup": d}, (2 - t) * (d or 1.0))
+            Candidate(t, None if d is None else {"rule": "refine", "speedup": d}, (1 + tau_gain * (1 - t)) * (d or 1.0))
             for t, d in itertools.product(taus, drills)
             if not (t == 1.0 and d is None)
         ]

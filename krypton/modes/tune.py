@@ -180,7 +180,11 @@ def _key(drilldown: Any) -> str:
 
 
 def _gain(candidates: list[Candidate], key: str) -> float:
-    """The drill-down's own predicted gain: the largest candidate's speedup at tau 1 (or any tau)."""
+    """The drill-down's own predicted gain: the largest candidate's speedup at tau 1 (or any tau). No
+    drill-down gains nothing of its own (its tau-1 candidate, exact, is never listed; ranking it by a low
+    tau's speedup put it before milder drill-downs, and the walk then skipped their tau 1)."""
+    if key == _key(None):
+        return 1.0
     mine = [c for c in candidates if _key(c.drilldown) == key]
     at_one = [c.predicted_speedup for c in mine if c.tau == 1.0]
     return max(at_one or [c.predicted_speedup for c in mine])

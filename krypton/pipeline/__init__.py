@@ -2,7 +2,8 @@
 
 `evaluate` (run.py) chooses naive or incremental inference by measurement, batches, self-checks,
 falls back and writes `RunStats` (stats.py); `graphs` holds captured graphs (memory, disk, remembered
-failures); `guard` keeps model calls out of captures; `fastest_naive` is full re-inference at its best.
+failures) and `plans` recent plans; `guard` keeps model calls out of captures; `fastest_naive` is full
+re-inference at its best.
 """
 
 from krypton.pipeline.graphs import graph_for

@@ -28,11 +28,10 @@ import torch
 from torch import nn
 
 from krypton.capture import CaptureError, Graph
-from krypton.engine.plan import Plan, batches, position_macs
-from krypton.modes.approximate import approximation
-from krypton.modes.exact import auto_batch, plan_for, run_exact, self_check
+from krypton.engine.plan import Plan, batches
+from krypton.modes.exact import run_exact, self_check
 from krypton.modes.occlusions import Collector, Occlusions
-from krypton.pipeline import graphs, guard
+from krypton.pipeline import graphs, guard, plans
 from krypton.pipeline.fastest_naive import FastestNaive
 from krypton.pipeline.stats import RunStats
 
@@ -197,21 +196,21 @@ class _Run:
                     self.on_phase(None)
         self.stats.graph_source, self.stats.capture_s = found.source, round(found.seconds, 4)
         try:
-            plan = plan_for(found.graph, self.occ, approximation(self.tau, self.gates))
+            made = plans.planned(found.graph, self.occ, self.tau, self.gates)
         except Exception as exc:  # an op the engine cannot describe (the batch axis moves)
             graphs.remember_failure(self.model, self.occ.image, f"incremental inference cannot run: {exc}")
             return self._fail(f"incremental inference cannot run: {exc}")
-        self.plan = plan
-        self.stats.fallbacks = list(plan.fallbacks)
-        return self._with_plan(found.graph, plan)
+        self.plan = made.plan
+        self.stats.fallbacks = list(made.plan.fallbacks)
+        return self._with_plan(found.graph, made)
 
     # -- paths ---------------------------------------------------------------------------------------
 
-    def _with_plan(self, graph, plan: Plan) -> torch.Tensor:
-        limit = plan.naive_macs() / max(1.0, float(position_macs(plan).mean()) + plan.untouched_macs)
+    def _with_plan(self, graph, made: plans.Planned) -> torch.Tensor:
+        plan, limit = made.plan, made.limit
         if self.path == "auto" and limit < MIN_GAIN:
             return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
-        size = self.batch_size or auto_batch(plan)
+        size = self.batch_size or made.batch
         clean_pass = None
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
         if earlier is not None:
