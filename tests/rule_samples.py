@@ -55,7 +55,11 @@ SAMPLES: dict[Any, list[Sample]] = {
     aten.avg_pool2d.default: [
         ("avg pool padded", lambda: Op(lambda m, x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)), IMAGE),
     ],
-    aten.avg_pool3d.default: [("avg pool 3d", lambda: Op(lambda m, x: F.avg_pool3d(x, 2)), VOLUME)],
+    aten.avg_pool3d.default: [
+        ("avg pool 3d", lambda: Op(lambda m, x: F.avg_pool3d(x, 2)), VOLUME),
+        ("avg pool 3d overlapping", lambda: Op(lambda m, x: F.avg_pool3d(x, 3, 2)), VOLUME),
+        ("avg pool 3d padded", lambda: Op(lambda m, x: F.avg_pool3d(x, 3, 1, 1, count_include_pad=False)), VOLUME),
+    ],
     aten._adaptive_avg_pool2d.default: [
         ("adaptive uniform", lambda: Op(lambda m, x: F.adaptive_avg_pool2d(x, (5, 4))), IMAGE),
         ("adaptive uneven", lambda: Op(lambda m, x: F.adaptive_avg_pool2d(x, (3, 5))), IMAGE),

@@ -214,3 +214,14 @@ def test_npy_signals_and_volumes_and_volume_pictures(tmp_path):
 
         picture = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert picture.std() > 10
+
+
+@pytest.mark.parametrize("kernel,stride", [((2, 2, 2), (2, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((3, 1, 2), (1, 2, 3))])
+def test_channels_last_avg_pool_by_strided_sums_equals_pytorchs(kernel, stride):
+    from krypton.rules.window import _strided_sum
+
+    x = torch.randn(3, 5, 9, 8, 7).contiguous(memory_format=torch.channels_last_3d)
+    expected = torch.ops.aten.avg_pool3d(x, list(kernel), list(stride), [0, 0, 0], False, True, 1)
+    sums = _strided_sum(x, list(kernel), list(stride))
+    torch.testing.assert_close(sums, expected, rtol=1e-6, atol=1e-6)
+    assert sums.is_contiguous(memory_format=torch.channels_last_3d)

@@ -12,6 +12,7 @@ padding included (Eqs. 15-16). Worked example: k=3, s=1, p=1, change rows [8, 24
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,14 +225,23 @@ class AvgPool(Pool):
         start, size = geo.context(window, in_body)
         ctx = frame.assemble(x, start, size, 0.0)
         op = aten.avg_pool2d if geo.rank == 2 else aten.avg_pool3d
-        sums = op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, 1)
-        override = site.args.get("divisor_override")
-        if override:
-            return (sums / override,)
-        return (sums / self._divisor(site, geo, in_body, window).to(sums.device, sums.dtype),)
-
-    def _divisor(self, site: Site, geo: Geometry, in_body: tuple[int, ...], window: Window) -> torch.Tensor:
         counts = self._counts(site, geo, in_body)
+        override = site.args.get("divisor_override")
+        if not override and all((c == c[0]).all() for c in counts):  # every cell divides by the same count
+            override = int(np.prod([c[0] for c in counts]))  # (no padding reached): one kernel, no division
+        if _channels_last_3d(ctx):  # PyTorch's CPU kernel is 6-20x slower on this layout than a strided sum
+            sums = _strided_sum(ctx, geo.kernel, geo.stride)
+            if override:
+                return (sums.div_(override),)
+        elif override:
+            return (op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, override),)
+        else:
+            sums = op(ctx, geo.kernel, geo.stride, [0] * geo.rank, False, True, 1)
+        return (sums / self._divisor(counts, geo, in_body, window).to(sums.device, sums.dtype),)
+
+    def _divisor(
+        self, counts: list[np.ndarray], geo: Geometry, in_body: tuple[int, ...], window: Window
+    ) -> torch.Tensor:
         lead = len(in_body) - geo.rank
         total = np.ones((window.batch,) + (1,) * lead + (1,) * geo.rank)
         for i, c in enumerate(counts):
@@ -241,6 +251,24 @@ class AvgPool(Pool):
             shape[1 + a] = window.size[a]
             total = total * c[idx].reshape(shape)
         return torch.from_numpy(total)
+
+
+def _channels_last_3d(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _strided_sum(x: torch.Tensor, kernel: list[int], stride: list[int]) -> torch.Tensor:
+    """Sum pooling without padding as one strided slice per kernel tap: each slice reads rows of all
+    channels in channels-last layout (avg_pool3d on a (6, 128, 24^3) channels-last window: 61 ms, this:
+    3 ms). The result keeps the input's layout."""
+    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[2:], kernel, stride)]
+    total: torch.Tensor | None = None
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        picks = tuple(slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, stride, out))
+        taps = x[(slice(None), slice(None)) + picks]
+        total = taps.clone(memory_format=torch.channels_last_3d) if total is None else total.add_(taps)
+    assert total is not None  # a kernel has at least one tap
+    return total
 
 
 class AdaptiveAvgPool(Pool):
