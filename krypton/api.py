@@ -17,7 +17,7 @@ from krypton import _validate
 from krypton._borrow import borrowed
 from krypton.capture import Graph
 from krypton.choices import MODES
-from krypton.engine.plan import Plan, batches, position_macs
+from krypton.engine.plan import batches
 from krypton.explanation import Explanation
 from krypton.modes.approximate import Drilldown, coarse_stride, parse_drilldown, refine_step
 from krypton.modes.drilldown import coarse_occlusions, combine, drill, subset
@@ -477,12 +477,13 @@ def analyze(
     occlusions, _ = grid_occlusions(image, patch, stride, torch.zeros(shape[1], *patch))
     made = plans.planned(graph, occlusions, tau, local_gates)
     batch_size = _validate.positive_int("batch_size", batch_size) or made.batch
-    return _analysis(made.plan, batch_size)
+    return _analysis(made, batch_size)
 
 
-def _analysis(plan: Plan, batch_size: int) -> Analysis:
+def _analysis(made: plans.Planned, batch_size: int) -> Analysis:
     from krypton.engine.plan import window
 
+    plan = made.plan
     groups = batches(plan, batch_size)
     count = plan.count
     ops: list[dict[str, Any]] = []
@@ -508,5 +509,4 @@ def _analysis(plan: Plan, batch_size: int) -> Analysis:
                     "rule": "per position (batch axis folded)", "naive_macs": plan.suffix_macs,
                     "incremental_macs": float(plan.suffix_macs)})  # fmt: skip
     total = sum(float(row["incremental_macs"]) for row in ops) + plan.untouched_macs
-    per_position = float(position_macs(plan).mean()) + plan.untouched_macs
-    return Analysis(ops, plan.naive_macs(), total, per_position, count, batch_size, plan.fallbacks)
+    return Analysis(ops, plan.naive_macs(), total, made.per_position_macs, count, batch_size, plan.fallbacks)

@@ -30,7 +30,12 @@ class Planned:
 
     plan: Plan
     batch: int  # the largest batch whose windows fit the memory budget
-    limit: float  # the MAC saving at best: full inference / the mean position computed alone
+    per_position_macs: float  # MACs of the mean position computed alone (parameter-only calls included)
+
+    @property
+    def limit(self) -> float:
+        """The MAC saving at best: full inference over the mean position computed alone."""
+        return self.plan.naive_macs() / max(1.0, self.per_position_macs)
 
 
 _lock = threading.Lock()
@@ -51,8 +56,7 @@ def planned(graph: Graph, occ: Occlusions, tau: float = 1.0, gates: bool = False
             _plans.move_to_end(key)
             return hit
     plan = plan_for(graph, occ, approximation(tau, gates))
-    limit = plan.naive_macs() / max(1.0, float(position_macs(plan).mean()) + plan.untouched_macs)
-    made = Planned(plan, auto_batch(plan), limit)
+    made = Planned(plan, auto_batch(plan), float(position_macs(plan).mean()) + plan.untouched_macs)
     if len(plan.steps) * plan.count <= MAX_BOX_ROWS:
         with _lock:
             _plans[key] = made
