@@ -20,10 +20,11 @@ def borrowed(model: nn.Module, device: torch.device | str | None = None) -> Iter
     """`model` in eval mode (and on `device`) inside the block; its modes and tensors restored on exit."""
     modules = list(model.modules())
     modes = [module.training for module in modules]
-    buffers = [dict(module._buffers) for module in modules]
-    params = [(p, p.data) for p in model.parameters()]
-    tensors = [p for p, _ in params] + [b for b in model.buffers()]
-    moved = device is not None and any(t.device != torch.device(device) for t in tensors)
+    moved = device is not None and any(
+        t.device != torch.device(device) for t in (*model.parameters(), *model.buffers())
+    )
+    params = [(p, p.data) for p in model.parameters()] if moved else []
+    buffers = [dict(module._buffers) for module in modules] if moved else []
     try:
         model.eval()
         if moved:

@@ -376,6 +376,7 @@ def _merged(runs: list[RunStats], labels: list[str], positions: int, first: int)
         naive_layout=next((r.naive_layout for r in reversed(runs) if r.naive_layout), None),
         graph_source=runs[0].graph_source,
         capture_s=runs[0].capture_s,
+        capture_reason=runs[0].capture_reason,
         fallbacks=last.fallbacks,
     )
     spent = [r.macs for r in runs if r.macs is not None]

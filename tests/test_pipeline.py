@@ -67,7 +67,8 @@ def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)  # as if the run's naive rest were short
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)  # 169 positions, 11 batches
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
-    assert result.stats["reason"].startswith("re-inferring the other 137 positions"), result.stats["reason"]
+    probed = sum(fastest_naive.PROBE_SIZES)  # a warm-up and a timed naive batch
+    assert result.stats["reason"].startswith(f"re-inferring the other {169 - probed} positions"), result.stats["reason"]
     assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
 
@@ -90,6 +91,64 @@ def test_a_plan_is_reused_for_the_same_geometry_and_only_for_it(monkeypatch):
     krypton.explain(model, second, patch=8, stride=2, path="incremental")
     krypton.explain(model, second, patch=8, stride=4, mode="approximate", tau=0.7, path="incremental")
     assert len(made) == 3
+
+
+def test_the_next_run_of_a_plan_follows_its_measured_verdict(monkeypatch):
+    """A calibrated run leaves its measurement with the plan: the next image of that size neither probes
+    nor calibrates, and is still exactly naive."""
+    model, first, second = cnn(width=16), torch.randn(3, 24, 24), torch.randn(3, 24, 24)
+    graph_for(model, first[None])
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # long enough to calibrate
+    calibrated = krypton.explain(model, first, patch=12, stride=1, batch_size=16)
+    assert calibrated.stats["reason"].startswith("calibrated"), calibrated.stats["reason"]
+    probes = []
+    monkeypatch.setattr(fastest_naive.FastestNaive, "probe", lambda *args: probes.append(1))
+    again = krypton.explain(model, second, patch=12, stride=1, batch_size=16)
+    assert again.stats["reason"].startswith("an earlier run measured"), again.stats["reason"]
+    assert again.stats["path"] in ("incremental", "naive") and not probes  # one path, chosen up front
+    naive = krypton.explain(model, second, patch=12, stride=1, mode="naive")
+    torch.testing.assert_close(again.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_savings_forgone_by_short_runs_add_up_to_a_try(monkeypatch):
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    graph = graph_for(model, image[None]).graph
+    occ, _ = grid_occlusions(image[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)
+    short = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
+    assert "costs less than trying the engine" in short.stats["reason"]
+    forgone = plans.planned(graph, occ).measured.forgone_s  # the same geometry: the run's plan
+    assert forgone > 0
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1.01 * forgone)  # this run alone would not try either
+    tried = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
+    assert tried.stats["reason"].startswith("calibrated"), tried.stats["reason"]
+    torch.testing.assert_close(tried.scores, short.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_short_naive_runs_add_up_to_a_capture(monkeypatch):
+    """Rent or buy: runs that stay naive because a capture would cost more than the run add up what they
+    spent; once that reaches the capture's price, the next run captures."""
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    monkeypatch.setattr(graphs, "capture_estimate", lambda *args: 1e3)  # far more than one run
+    first = krypton.explain(model, image, patch=12, stride=1)
+    assert first.stats["graph_source"] is None and "having the graph" in first.stats["reason"]
+    spent = graphs.naive_spent(model, image[None])
+    assert 0 < spent < 1e3
+    graphs.add_naive_spent(model, image[None], 1e3 - spent)  # as if many such runs had gone before
+    later = krypton.explain(model, image, patch=12, stride=1)
+    assert later.stats["graph_source"] in ("captured", "disk") and "pays across runs" in later.stats["capture_reason"]
+    torch.testing.assert_close(later.scores, first.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_the_naive_probe_times_a_small_model_at_its_grown_batch():
+    """A timed batch that is mostly per-call overhead would make naive look slow: the probe goes on at
+    the grown batch size."""
+    model, image = cnn(), torch.randn(1, 3, 12, 12)
+    occ, _ = grid_occlusions(image, (2, 2), (1, 1), torch.zeros(3, 2, 2))
+    runner = fastest_naive.FastestNaive(model, occ, Collector(occ.count))
+    runner.probe(np.arange(occ.count))
+    assert runner.batch_size > fastest_naive.DEFAULT_BATCH
+    assert runner.positions > sum(fastest_naive.PROBE_SIZES) and runner.measured
 
 
 def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):
@@ -416,11 +475,11 @@ def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeyp
     assert stats.reason.startswith("calibrated") and experience.verdict() is not None, stats.reason
     experience.incremental_s, experience.naive_s = 1e-3, 1.0  # as if the engine had measured faster
     second, stats = pipeline_run.evaluate(model, occ.subset(parts[1]), batch_size=16, experience=experience)
-    assert stats.reason.startswith("an earlier pass measured incremental") and stats.path == "incremental"
+    assert stats.reason.startswith("an earlier run measured incremental") and stats.path == "incremental"
     assert len(made) == 1  # one clean pass for both
     experience.incremental_s, experience.naive_s = 1.0, 1e-3  # and now as if naive had
     third, stats = pipeline_run.evaluate(model, occ.subset(parts[2]), batch_size=16, experience=experience)
-    assert stats.reason.startswith("an earlier pass measured") and stats.path == "naive"
+    assert stats.reason.startswith("an earlier run measured") and stats.path == "naive"
     torch.testing.assert_close(torch.cat([first, second, third]), reference, rtol=1e-4, atol=1e-5)
 
 

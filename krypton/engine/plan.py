@@ -64,14 +64,18 @@ class Plan:
     suffix: list[Call] = field(default_factory=list)  # image-dependent calls run per position (partial graph)
     suffix_macs: int = 0  # MACs of the suffix for one position
     suffix_reads: list[fx.Node] = field(default_factory=list)  # values from before the cut the suffix reads
+    _naive_macs: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
         return self.image_boxes.count
 
     def naive_macs(self) -> int:
-        """MACs of one full forward pass (convolutions and matrix products)."""
-        return sum(s.whole_macs for s in self.steps) + self.untouched_macs + self.suffix_macs
+        """MACs of one full forward pass (convolutions and matrix products); summed once (every run's
+        statistics ask, and a small model's run is a few dozen milliseconds)."""
+        if self._naive_macs is None:
+            self._naive_macs = sum(s.whole_macs for s in self.steps) + self.untouched_macs + self.suffix_macs
+        return self._naive_macs
 
 
 def choose_rule(call: Call) -> Rule:

@@ -25,6 +25,7 @@ from krypton.pipeline import guard
 
 MAX_BATCH = 256
 SMALL_BATCH_S = 0.02  # a batch faster than this is mostly overhead: make batches larger
+PROBE_SIZES = (4, 8)  # a probe's warm-up and timed batch (ResNet18: 15.4 ms/position at 8, 14.4 at 16)
 LAYOUT_TRIAL_S = 1.0  # compare both layouts only when the rest of the run takes longer than this
 
 
@@ -41,6 +42,7 @@ class FastestNaive:
         self.layout = "channels_last" if matters else "contiguous"
         self.positions = 0
         self._batches = 0
+        self._last_size = 0
         self._trial_done = not matters
         self._trial: str | None = None  # the other layout while it is being timed
         self._trial_batches = 0
@@ -70,6 +72,22 @@ class FastestNaive:
             elif self.seconds_per_position is None:
                 self.seconds_per_position = seconds  # a pessimistic first figure
 
+    def probe(self, order: np.ndarray) -> None:
+        """Measure the time per position on few positions (each costs naive's full price when the engine
+        is the faster path): a warm-up batch of PROBE_SIZES[0] unless a batch ran already, a timed batch of
+        PROBE_SIZES[1], and, while a timed batch is mostly per-call overhead (under SMALL_BATCH_S), one at
+        the grown batch size, so that a small model's figure is its batched speed, not its overhead."""
+        if not self._batches:
+            self.run(order, max_batches=1, size=PROBE_SIZES[0])
+        self.run(order, max_batches=1, size=PROBE_SIZES[1])
+        while (
+            not self.fixed_batch
+            and (self.seconds_per_position or 0.0) * self._last_size < SMALL_BATCH_S
+            and self._last_size < self.batch_size
+            and not self.collector.done[order].all()
+        ):
+            self.run(order, max_batches=1)
+
     def _batch(self, index: np.ndarray, layout: str) -> float:
         wanted = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         images = self.occ.images(index, self.cache, wanted)
@@ -79,6 +97,7 @@ class FastestNaive:
         self.collector.add(index, out)
         self.positions += len(index)
         self._batches += 1
+        self._last_size = len(index)
         return seconds
 
     def _adapt(self, remaining: int) -> None:

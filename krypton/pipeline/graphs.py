@@ -36,6 +36,7 @@ class Captured:
 _lock = threading.RLock()
 _graphs: dict[tuple, Graph] = {}
 _failures: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+_naive_seconds: weakref.WeakKeyDictionary[nn.Module, dict[tuple, float]] = weakref.WeakKeyDictionary()
 _seconds_per_module = [0.012]  # cold-capture cost model, refined by every capture in this process
 _DISK_LOAD_S = 0.1
 
@@ -64,6 +65,20 @@ def refusal(model: nn.Module, image: torch.Tensor) -> str | None:
 def remember_failure(model: nn.Module, image: torch.Tensor, reason: str) -> None:
     with _lock:
         _failures.setdefault(model, {})[_shape_key(image)] = reason
+
+
+def naive_spent(model: nn.Module, image: torch.Tensor) -> float:
+    """Seconds this process spent re-inferring the model at this shape because a capture did not pay for
+    one run alone: once they reach the capture's cost, the next run captures (rent-or-buy: a dataset of
+    calls then pays at most twice the better of the two, instead of naive's price on every call)."""
+    with _lock:
+        return _naive_seconds.get(model, {}).get(_shape_key(image), 0.0)
+
+
+def add_naive_spent(model: nn.Module, image: torch.Tensor, seconds: float) -> None:
+    with _lock:
+        spent = _naive_seconds.setdefault(model, {})
+        spent[_shape_key(image)] = spent.get(_shape_key(image), 0.0) + seconds
 
 
 def in_memory(model: nn.Module, image: torch.Tensor) -> Graph | None:
@@ -174,3 +189,4 @@ def clear() -> None:
     with _lock:
         _graphs.clear()
         _failures.clear()
+        _naive_seconds.clear()

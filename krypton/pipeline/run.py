@@ -5,7 +5,8 @@
 2. without a graph at hand, one position is re-inferred and timed (useful work): when the rest would
    clearly cost more than having the graph, the graph is fetched at once; otherwise two naive batches
    refine the figure, and if re-inferring the rest costs less than the predicted capture, the run stays
-   naive;
+   naive - until the runs on this model that stayed naive for that reason have together spent the
+   capture's price (rent-or-buy: repeated calls then pay at most about twice the better path);
 3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
    pay runs naive, and so does a modest one on a run whose naive rest is too cheap for the most it could
    save to pay for trying; otherwise a modest saving is calibrated on the first incremental batches
@@ -160,6 +161,7 @@ class _Run:
             return self._finish_naive(refused)
         known = graphs.in_memory(self.model, self.occ.image)  # one lookup: the key hashes every weight
         if self.path == "auto" and known is None:
+            started = time.perf_counter()
             estimate = graphs.capture_estimate(self.model, self.occ.image)
             if self.experience.naive_s is None:  # a big model's batch of 16 could be a minute
                 self.naive.run(self.todo, max_batches=1, size=1)
@@ -169,10 +171,18 @@ class _Run:
                 self._naive_batches(NAIVE_PROBE_BATCHES)
                 left = len(self._remaining())
                 remaining = (self._naive_s() or 0.0) * left
-            if remaining <= estimate:
-                return self._finish_naive(
+            spent = graphs.naive_spent(self.model, self.occ.image)
+            if spent + remaining <= estimate:  # rent (re-infer) until the rent paid reaches the price
+                outputs = self._finish_naive(
                     f"re-inferring the other {left} positions (~{remaining:.2g} s) costs less than "
                     f"having the graph (~{estimate:.2g} s)"
+                )
+                graphs.add_naive_spent(self.model, self.occ.image, time.perf_counter() - started)
+                return outputs
+            if remaining <= estimate:
+                self.stats.capture_reason = (
+                    f"earlier runs re-inferred this model for {spent:.2g} s: the graph (~{estimate:.2g} s) "
+                    "pays across runs"
                 )
         try:
             return self._engine(known)
@@ -212,11 +222,14 @@ class _Run:
             return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
         size = self.batch_size or made.batch
         clean_pass = None
+        self.made, before = made, made.measured  # an earlier run of this plan measured both paths
+        if self.experience.verdict() is None and before.naive_s is not None and before.incremental_s is not None:
+            self.experience.naive_s, self.experience.incremental_s = before.naive_s, before.incremental_s
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
         if earlier is not None:
             seen = self.experience
             self.stats.reason = (
-                f"an earlier pass measured incremental {(seen.incremental_s or 0) * 1e3:.3g} ms/position vs "
+                f"an earlier run measured incremental {(seen.incremental_s or 0) * 1e3:.3g} ms/position vs "
                 f"naive {(seen.naive_s or 0) * 1e3:.3g} ms"
             )
             if earlier == "naive":
@@ -245,7 +258,7 @@ class _Run:
     def _calibrate(self, graph, plan, size, limit):
         """Time incremental batches against naive's time per position; None groups: naive is faster."""
         if not self.naive.measured and self.experience.naive_s is None:
-            self._naive_batches(NAIVE_PROBE_BATCHES)
+            self.naive.probe(self.todo)  # few positions: each costs naive's price where the engine wins
         groups = self._groups(plan, size)  # after the probe: cutting its positions out of batches grouped
         # before it left many part-filled batches (MobileOne-S0, 196 positions: 26 ms/position vs 23)
         if self._not_worth_trying(limit):  # calibration risks a few slow batches for a saving this small
@@ -264,7 +277,7 @@ class _Run:
             self._incremental(graph, plan, size, [group], clean_pass)
             spent, count = spent + time.perf_counter() - started, count + len(group)
             per_position = spent / max(1, count)
-            self.experience.incremental_s, self.experience.naive_s = per_position, naive
+            self._record(per_position, naive)
             clear = per_position > CLEAR_LOSS * naive if naive is not None else False
             if naive is not None and (clear or (i == len(timed) - 1 and per_position > naive)):
                 return clean_pass, self._naive_wins(per_position, naive, limit, f"{count} positions timed")
@@ -277,7 +290,7 @@ class _Run:
     def _naive_wins(self, per_position: float, naive: float, limit: float, basis: str) -> None:
         """Record why (for later passes too), check the incremental positions done so far, and let naive
         finish the run."""
-        self.experience.incremental_s, self.experience.naive_s = per_position, naive
+        self._record(per_position, naive)
         self.stats.reason = (
             f"calibrated ({basis}): incremental {per_position * 1e3:.3g} ms/position vs naive "
             f"{naive * 1e3:.3g} ms (plan predicted {limit:.2f}x at best): naive finishes the run"
@@ -310,8 +323,7 @@ class _Run:
         share = len(remaining) + self.experience.ahead if self.experience.ahead else len(trial)
         per_position = (time.perf_counter() - started) / len(trial) + fixed / share
         naive = self._naive_s()
-        if self.experience.ahead:
-            self.experience.incremental_s, self.experience.naive_s = per_position, naive
+        self._record(per_position, naive, this_run=bool(self.experience.ahead))
         verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
         verdict += f"{naive * 1e3:.3g} ms" if naive is not None else "(untimed)"
         self.stats.reason = verdict
@@ -322,15 +334,26 @@ class _Run:
             return clean_pass, None
         return clean_pass, self._groups(plan, size)
 
+    def _record(self, incremental: float, naive: float | None, this_run: bool = True) -> None:
+        """Keep what was measured: for the passes still to come in this explanation (`this_run`), and
+        for the next run of the same plan."""
+        if this_run:
+            self.experience.incremental_s, self.experience.naive_s = incremental, naive
+        if naive is not None:
+            self.made.measured.incremental_s, self.made.measured.naive_s = incremental, naive
+
     def _not_worth_trying(self, limit: float) -> bool:
         """When the most the engine could save on the rest, naive rest x (1 - 1/limit), is under
         TRIAL_MIN_S, naive finishes the run at once (True): a trial or calibration costs a clean pass and
         a few positions that may be slower than naive, more than such a run could win (LeViT-128s, 196
-        positions, 0.8 s: calibration's 34 incremental positions cost 0.29 s, 0.74x of naive)."""
+        positions, 0.8 s: calibration's 34 incremental positions cost 0.29 s, 0.74x of naive). Such
+        savings add up over runs of the same plan: once together they reach TRIAL_MIN_S, a run tries."""
         remaining = self._remaining()
         left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
-        if left * (1 - 1 / limit) >= TRIAL_MIN_S:
+        saving, seen = left * (1 - 1 / limit), self.made.measured
+        if saving + seen.forgone_s >= TRIAL_MIN_S:
             return False
+        seen.forgone_s += saving
         self.stats.reason = (f"re-inferring the other {len(remaining)} positions (~{left:.2g} s) costs less than "
                              f"trying the engine (it could save at most 1 - 1/{limit:.2f} of that)")  # fmt: skip
         self.naive.run(remaining)

@@ -29,6 +29,7 @@ class RunStats:
     naive_layout: str | None = None  # "channels_last" or "contiguous" when naive batches ran
     graph_source: str | None = None  # "memory", "disk" or "captured"
     capture_s: float | None = None
+    capture_reason: str = ""  # why a graph was captured that this run alone could not pay for
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # ops computed in full
     wall_time_s: float = 0.0
 
