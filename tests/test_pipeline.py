@@ -67,7 +67,7 @@ def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)  # as if the run's naive rest were short
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)  # 169 positions, 11 batches
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
-    probed = sum(fastest_naive.PROBE_SIZES)  # a warm-up and a timed naive batch
+    probed = 2 * fastest_naive.PROBE_SIZE  # a warm-up and a timed naive batch
     assert result.stats["reason"].startswith(f"re-inferring the other {169 - probed} positions"), result.stats["reason"]
     assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
@@ -97,10 +97,16 @@ def test_the_next_run_of_a_plan_follows_its_measured_verdict(monkeypatch):
     """A calibrated run leaves its measurement with the plan: the next image of that size neither probes
     nor calibrates, and is still exactly naive."""
     model, first, second = cnn(width=16), torch.randn(3, 24, 24), torch.randn(3, 24, 24)
-    graph_for(model, first[None])
+    graph = graph_for(model, first[None]).graph
+    occ, _ = grid_occlusions(first[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # long enough to calibrate
     calibrated = krypton.explain(model, first, patch=12, stride=1, batch_size=16)
     assert calibrated.stats["reason"].startswith("calibrated"), calibrated.stats["reason"]
+    seen = plans.planned(graph, occ).measured
+    if seen.verdict() is None:  # measured against the engine before its kernels were set up: once more
+        assert not seen.warm and seen.incremental_s >= seen.naive_s
+        warm = krypton.explain(model, second, patch=12, stride=1, batch_size=16)
+        assert warm.stats["reason"].startswith("calibrated") and seen.warm and seen.verdict() is not None
     probes = []
     monkeypatch.setattr(fastest_naive.FastestNaive, "probe", lambda *args: probes.append(1))
     again = krypton.explain(model, second, patch=12, stride=1, batch_size=16)
@@ -108,6 +114,13 @@ def test_the_next_run_of_a_plan_follows_its_measured_verdict(monkeypatch):
     assert again.stats["path"] in ("incremental", "naive") and not probes  # one path, chosen up front
     naive = krypton.explain(model, second, patch=12, stride=1, mode="naive")
     torch.testing.assert_close(again.scores, naive.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_a_verdict_against_the_engine_counts_only_when_measured_warm():
+    assert plans.Measured(naive_s=1.0, incremental_s=2.0).verdict() is None  # first use: kernel setup inside
+    assert plans.Measured(naive_s=1.0, incremental_s=2.0, warm=True).verdict() == "naive"
+    assert plans.Measured(naive_s=2.0, incremental_s=1.0).verdict() == "incremental"  # faster even cold
+    assert plans.Measured(naive_s=2.0).verdict() is None
 
 
 def test_savings_forgone_by_short_runs_add_up_to_a_try(monkeypatch):
@@ -148,7 +161,7 @@ def test_the_naive_probe_times_a_small_model_at_its_grown_batch():
     runner = fastest_naive.FastestNaive(model, occ, Collector(occ.count))
     runner.probe(np.arange(occ.count))
     assert runner.batch_size > fastest_naive.DEFAULT_BATCH
-    assert runner.positions > sum(fastest_naive.PROBE_SIZES) and runner.measured
+    assert runner.positions > 2 * fastest_naive.PROBE_SIZE and runner.measured
 
 
 def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):
@@ -458,6 +471,22 @@ def test_partial_graph_runs_the_stem_incrementally_and_the_folded_rest_per_posit
     rest = [op for op in analysis.ops if op["op"] == "rest of the graph"]
     assert len(rest) == 1 and rest[0]["incremental_macs"] == rest[0]["naive_macs"] > 0
     assert 1.0 < analysis.speedup < analysis.per_position_speedup + 1e-9
+
+
+def test_a_partial_graph_whose_per_position_part_is_slower_than_naive_runs_naive(monkeypatch):
+    """The suffix of a partial graph runs at batch 1 for each position, a cost the MAC ratio does not
+    show: timed once on the clean pass, it decides before any incremental batch."""
+    torch.manual_seed(0)
+    model, image = FoldedAttention().eval(), torch.randn(3, 32, 32)
+    graph_for(model, image[None])
+    naive_is_fast = property(lambda self: 1e-9, lambda self, value: None)
+    monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", naive_is_fast, raising=False)
+    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)
+    result = krypton.explain(model, image, patch=8, stride=2, batch_size=8)
+    assert result.stats["reason"].startswith("the part of the graph run per position"), result.stats["reason"]
+    assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
+    naive = krypton.explain(model, image, patch=8, stride=2, mode="naive")
+    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
 
 
 def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeypatch):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from krypton.capture import CaptureError, Graph
+from krypton.engine.incremental import suffix_seconds
 from krypton.engine.plan import Plan, batches
 from krypton.modes.exact import run_exact, self_check
 from krypton.modes.occlusions import Collector, Occlusions
@@ -223,7 +224,7 @@ class _Run:
         size = self.batch_size or made.batch
         clean_pass = None
         self.made, before = made, made.measured  # an earlier run of this plan measured both paths
-        if self.experience.verdict() is None and before.naive_s is not None and before.incremental_s is not None:
+        if self.experience.verdict() is None and before.verdict() is not None:
             self.experience.naive_s, self.experience.incremental_s = before.naive_s, before.incremental_s
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
         if earlier is not None:
@@ -266,6 +267,8 @@ class _Run:
         warm, timed, rest = groups[:1], groups[1:3], groups[3:]
         clean_pass = self._clean_pass(graph)
         naive = self._naive_s()
+        if self._suffix_too_slow(plan, clean_pass, naive):
+            return clean_pass, None
         started = time.perf_counter()
         self._incremental(graph, plan, size, warm, clean_pass)
         per_position = (time.perf_counter() - started) / max(1, len(warm[0]))
@@ -315,6 +318,8 @@ class _Run:
         trial = np.sort(remaining[: size if self.experience.ahead else TRIAL_POSITIONS])
         started = time.perf_counter()
         clean_pass = self._clean_pass(graph)  # free when an earlier pass of this explanation made it
+        if self._suffix_too_slow(plan, clean_pass, self._naive_s()):
+            return clean_pass, None
         fixed, started = time.perf_counter() - started, time.perf_counter()
         self._incremental(graph, plan, size, [trial], clean_pass)
         # one pass: the clean pass counts against these positions (spread over the whole run, it made
@@ -334,13 +339,30 @@ class _Run:
             return clean_pass, None
         return clean_pass, self._groups(plan, size)
 
-    def _record(self, incremental: float, naive: float | None, this_run: bool = True) -> None:
+    def _suffix_too_slow(self, plan: Plan, clean_pass: dict, naive: float | None) -> bool:
+        """A partial graph runs its suffix at batch 1 for every position; when that alone takes longer
+        than naive's whole position, naive finishes the run (True) before any incremental batch."""
+        if not plan.suffix or naive is None:
+            return False
+        floor = suffix_seconds(plan, clean_pass)
+        if floor < naive:
+            return False
+        self._record(floor, naive, settled=True)
+        self.stats.reason = (
+            f"the part of the graph run per position at batch 1 (batch axis folded) alone takes "
+            f"{floor * 1e3:.3g} ms/position vs naive {naive * 1e3:.3g} ms: naive finishes the run"
+        )
+        self.naive.run(self._remaining())
+        return True
+
+    def _record(self, incremental: float, naive: float | None, this_run: bool = True, settled: bool = False) -> None:
         """Keep what was measured: for the passes still to come in this explanation (`this_run`), and
-        for the next run of the same plan."""
+        for the next run of the same plan (`settled`: a floor, not a figure that kernel setup inflates)."""
         if this_run:
             self.experience.incremental_s, self.experience.naive_s = incremental, naive
         if naive is not None:
-            self.made.measured.incremental_s, self.made.measured.naive_s = incremental, naive
+            seen = self.made.measured
+            seen.incremental_s, seen.naive_s, seen.warm = incremental, naive, settled or seen.engine_runs > 0
 
     def _not_worth_trying(self, limit: float) -> bool:
         """When the most the engine could save on the rest, naive rest x (1 - 1/limit), is under
@@ -470,6 +492,8 @@ class _Run:
             self._check_incremental()
         stats, naive = self.stats, self.naive
         incremental = int(sum(len(g) for g in self.incremental_done))
+        if incremental and hasattr(self, "made"):
+            self.made.measured.engine_runs += 1
         stats.incremental_positions, stats.naive_positions = incremental, self.occ.count - incremental
         stats.naive_layout = naive.layout if naive.positions else None
         if not incremental:
