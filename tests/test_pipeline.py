@@ -341,6 +341,34 @@ def test_fastest_naive_feeds_channels_last_and_compares_layouts_in_long_runs(mon
     torch.testing.assert_close(collector.result(), want, rtol=1e-4, atol=1e-5)
 
 
+def test_the_channels_last_twin_computes_the_model_and_leaves_it_untouched():
+    from krypton.pipeline import channels_last_twin
+
+    torch.manual_seed(0)
+    shared = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # depthwise (8, 1, 3, 3), used twice
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), shared, nn.ReLU(), shared,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
+    before = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    image = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        clean = model(image)
+        twin = channels_last_twin.twin(model, image, clean)
+        assert twin is not None and twin is not model and twin[2] is twin[4]  # sharing kept
+        assert twin[2].weight.stride() == (9, 1, 3, 1)  # channels-last strides despite the size-1 axis
+        assert twin[1].running_mean is model[1].running_mean  # buffers are the caller's own
+        batch = torch.randn(5, 3, 12, 12)
+        torch.testing.assert_close(twin(batch.contiguous(memory_format=torch.channels_last)), model(batch))
+        assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before  # the model is as given
+        assert channels_last_twin.twin(model, image, clean) is twin  # made once per set of weights
+        model[0].weight.add_(1.0)  # an in-place update (a training step): a new twin, with the new weights
+        clean = model(image)
+        again = channels_last_twin.twin(model, image, clean)
+        assert again is not twin
+        torch.testing.assert_close(again(batch.contiguous(memory_format=torch.channels_last)), model(batch))
+        model[0].weight.add_(1.0)
+        assert channels_last_twin.twin(model, image, clean + 1.0) is None  # disagrees with the model: unused
+
+
 def test_small_batches_grow_for_small_models():
     model, image = cnn(), torch.randn(1, 3, 12, 12)
     occ, _ = grid_occlusions(image, (2, 2), (1, 1), torch.zeros(3, 2, 2))

@@ -146,7 +146,7 @@ class _Run:
         self.collector = Collector(occ.count, progress, on_batch)
         self.levels = None if levels is None else np.asarray(levels)
         self.todo = np.arange(occ.count) if levels is None else np.argsort(np.asarray(levels), kind="stable")
-        self.naive = FastestNaive(model, occ, self.collector, batch_size)
+        self.naive = FastestNaive(model, occ, self.collector, batch_size, clean)
         self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
         self.incremental_done: list[np.ndarray] = []
         self.on_phase: Callable[[str | None], None] | None = None
