@@ -53,6 +53,7 @@ class Graph:
     shapes: dict[fx.Node, Any]  # node -> torch.Size, or tuple of sizes for multi-output ops
     static: dict[fx.Node, Any] | None = None  # image-independent values, filled by engine.materialize on use
     unchecked_digest: str | None = None  # loaded from the disk cache and not yet checked against the model
+    window_weights: dict[fx.Node, Any] = field(default_factory=dict)  # channels-last weight copies (materialize)
 
 
 def bind(target: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
