@@ -67,7 +67,8 @@ def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)  # as if the run's naive rest were short
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)  # 169 positions, 11 batches
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
-    probed = 2 * fastest_naive.PROBE_SIZE  # a warm-up and a timed naive batch
+    probed = 2 * fastest_naive.PROBE_SIZE - 1  # a warm-up and a timed naive batch (the clean image rode along
+    # in the first, to check the channels-last twin)
     assert result.stats["reason"].startswith(f"re-inferring the other {169 - probed} positions"), result.stats["reason"]
     assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
@@ -349,24 +350,40 @@ def test_the_channels_last_twin_computes_the_model_and_leaves_it_untouched():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), shared, nn.ReLU(), shared,
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
     before = [(p.data_ptr(), p.stride()) for p in model.parameters()]
-    image = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
-        clean = model(image)
-        twin = channels_last_twin.twin(model, image, clean)
-        assert twin is not None and twin is not model and twin[2] is twin[4]  # sharing kept
+        made = channels_last_twin.twin(model)
+        assert made is not None and not made.verified
+        twin = made.module
+        assert twin is not model and twin[2] is twin[4]  # sharing kept
         assert twin[2].weight.stride() == (9, 1, 3, 1)  # channels-last strides despite the size-1 axis
         assert twin[1].running_mean is model[1].running_mean  # buffers are the caller's own
         batch = torch.randn(5, 3, 12, 12)
         torch.testing.assert_close(twin(batch.contiguous(memory_format=torch.channels_last)), model(batch))
         assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before  # the model is as given
-        assert channels_last_twin.twin(model, image, clean) is twin  # made once per set of weights
+        assert channels_last_twin.twin(model) is made  # made once per set of weights
         model[0].weight.add_(1.0)  # an in-place update (a training step): a new twin, with the new weights
-        clean = model(image)
-        again = channels_last_twin.twin(model, image, clean)
-        assert again is not twin
-        torch.testing.assert_close(again(batch.contiguous(memory_format=torch.channels_last)), model(batch))
-        model[0].weight.add_(1.0)
-        assert channels_last_twin.twin(model, image, clean + 1.0) is None  # disagrees with the model: unused
+        again = channels_last_twin.twin(model)
+        assert again is not None and again is not made
+        torch.testing.assert_close(again.module(batch.contiguous(memory_format=torch.channels_last)), model(batch))
+        channels_last_twin.reject(model)
+        assert channels_last_twin.twin(model) is None  # failed its check: the model as given serves
+
+
+def test_naive_checks_the_twin_on_its_first_batch_and_falls_back_when_it_disagrees(monkeypatch):
+    from krypton.pipeline import channels_last_twin
+
+    channels_last_twin.clear()
+    model, image = cnn(width=16), torch.randn(3, 24, 24)
+    reference = krypton.explain(model, image, patch=12, stride=4, mode="naive", batch_size=4)
+    made = channels_last_twin.twin(model)
+    assert made is not None and made.verified  # the first batch carried the clean image: it agreed
+    channels_last_twin.clear()
+    real = channels_last_twin._clone
+    wrong = lambda module, memo: nn.Sequential(real(module, memo), nn.ReLU())  # noqa: E731 - computes otherwise
+    monkeypatch.setattr(channels_last_twin, "_clone", wrong)
+    result = krypton.explain(model, image, patch=12, stride=4, mode="naive", batch_size=4)
+    assert channels_last_twin.twin(model) is None  # rejected on its first batch
+    torch.testing.assert_close(result.scores, reference.scores)
 
 
 def test_small_batches_grow_for_small_models():

@@ -7,7 +7,7 @@ default layout still runs slower than the same model converted (batch 16, measur
 it; a deep copy costs 13-140 ms and doubles the weights. The twin copies only the module objects
 (shallow, microseconds each) and the convolution weights; buffers, other parameters, hooks and
 attributes are the caller's own. It is made once per model and set of weights (an in-place update of any
-weight makes a new one), and checked on the clean image against the model before it is used.
+weight makes a new one), and checked against the model's clean output on its first batch.
 """
 
 from __future__ import annotations
@@ -15,41 +15,57 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 _lock = threading.Lock()
-_twins: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module | None]] = weakref.WeakKeyDictionary()
+_twins: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Twin | None]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Twin:
+    """A twin and whether it was seen computing the model's output (the first naive batch that uses it
+    carries the clean image as an extra item: a check for the price of one position, not one call)."""
+
+    module: nn.Module
+    verified: bool = False
 
 
 def _weights_key(model: nn.Module) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-def twin(model: nn.Module, image: torch.Tensor, clean: torch.Tensor | None) -> nn.Module | None:
-    """The model's channels-last twin, or None when it cannot be made or does not compute the model's
-    output on `image` (1, C, H, W) (compared with `clean`, the model's own output, when given)."""
+def twin(model: nn.Module) -> Twin | None:
+    """The model's channels-last twin for its current weights (made now, or kept from an earlier run);
+    None when it cannot be made or failed its check."""
     key = _weights_key(model)
     with _lock:
         known = _twins.get(model)
     if known is not None and known[0] == key:
         return known[1]
     try:
-        made: nn.Module | None = _clone(model, {})
+        made: Twin | None = Twin(_clone(model, {}))
     except Exception:  # noqa: BLE001 - an unusual module (slots, custom copy): the model as given serves
         made = None
-    if made is not None and clean is not None:
-        with torch.no_grad():
-            again = made(image.contiguous(memory_format=torch.channels_last))
-        scale = float(clean.abs().max()) + 1e-6
-        if not (isinstance(again, torch.Tensor) and again.shape == clean.shape):
-            made = None
-        elif not torch.allclose(again, clean, rtol=1e-4, atol=1e-5 * scale):
-            made = None
     with _lock:
         _twins[model] = (key, made)
     return made
+
+
+def agrees(output: torch.Tensor, clean: torch.Tensor) -> bool:
+    """Whether the twin's output on the clean image is the model's (`clean`), to float32 rounding."""
+    scale = float(clean.abs().max()) + 1e-6
+    return output.shape == clean.shape and torch.allclose(output, clean, rtol=1e-4, atol=1e-5 * scale)
+
+
+def reject(model: nn.Module) -> None:
+    """Forget a twin that failed its check: the model as given serves until its weights change."""
+    with _lock:
+        known = _twins.get(model)
+        if known is not None:
+            _twins[model] = (known[0], None)
 
 
 def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
