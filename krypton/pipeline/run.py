@@ -149,6 +149,7 @@ class _Run:
         self.naive = FastestNaive(model, occ, self.collector, batch_size, clean)
         self.stats = RunStats(requested_mode=mode, mode=mode, positions=occ.count)
         self.incremental_done: list[np.ndarray] = []
+        self.measured = plans.Measured()  # the plan's record of what its runs measured (set with the plan)
         self.on_phase: Callable[[str | None], None] | None = None
         self.gates = False
         self.experience = Experience()
@@ -223,7 +224,7 @@ class _Run:
             return self._finish_naive(f"the plan saves at most {limit:.2f}x of the MACs: too little to pay")
         size = self.batch_size or made.batch
         clean_pass = None
-        self.made, before = made, made.measured  # an earlier run of this plan measured both paths
+        self.measured = before = made.measured  # an earlier run of this plan may have measured both paths
         if self.experience.verdict() is None and before.verdict() is not None:
             self.experience.naive_s, self.experience.incremental_s = before.naive_s, before.incremental_s
         earlier = self.experience.verdict() if self.path == "auto" and limit < CALIBRATE_BELOW else None
@@ -361,7 +362,7 @@ class _Run:
         if this_run:
             self.experience.incremental_s, self.experience.naive_s = incremental, naive
         if naive is not None:
-            seen = self.made.measured
+            seen = self.measured
             seen.incremental_s, seen.naive_s, seen.warm = incremental, naive, settled or seen.engine_runs > 0
 
     def _not_worth_trying(self, limit: float) -> bool:
@@ -372,7 +373,7 @@ class _Run:
         savings add up over runs of the same plan: once together they reach TRIAL_MIN_S, a run tries."""
         remaining = self._remaining()
         left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
-        saving, seen = left * (1 - 1 / limit), self.made.measured
+        saving, seen = left * (1 - 1 / limit), self.measured
         if saving + seen.forgone_s >= TRIAL_MIN_S:
             return False
         seen.forgone_s += saving
@@ -492,8 +493,8 @@ class _Run:
             self._check_incremental()
         stats, naive = self.stats, self.naive
         incremental = int(sum(len(g) for g in self.incremental_done))
-        if incremental and hasattr(self, "made"):
-            self.made.measured.engine_runs += 1
+        if incremental:
+            self.measured.engine_runs += 1
         stats.incremental_positions, stats.naive_positions = incremental, self.occ.count - incremental
         stats.naive_layout = naive.layout if naive.positions else None
         if not incremental:
