@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine_calls import build  # noqa: E402
+
 import krypton  # noqa: E402
 from krypton.pipeline import graph_for  # noqa: E402
 
@@ -34,23 +36,11 @@ warnings.filterwarnings("ignore")
 MODELS = ["tv:resnet18", "regnetx_002", "mobilenetv4_conv_small_050", "mobileone_s0", "lcnet_050", "levit_128s"]
 
 
-def build(name: str) -> torch.nn.Module:
-    """torchvision ("tv:" prefix, weights=None) or timm (num_classes=10, benchmark-only extra), seeded."""
-    torch.manual_seed(0)
-    if name.startswith("tv:"):
-        import torchvision
-
-        return getattr(torchvision.models, name[3:])(weights=None).eval()
-    import timm
-
-    return timm.create_model(name, pretrained=False, num_classes=10).eval()
-
-
 def timings(name: str, path: str, patch: int, stride: int, repeats: int) -> dict:
     """In this process: the graph captured, then `repeats` timed calls of one path."""
-    model = build(name)
+    model, size = build(name)
     torch.manual_seed(1)
-    image = torch.randn(3, 224, 224)
+    image = torch.randn(3, size, size)
     graph_for(model, image[None])
     seconds, why = [], []
     for _ in range(repeats):

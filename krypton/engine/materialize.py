@@ -49,7 +49,7 @@ def _window_weights(graph: Graph, env: dict[fx.Node, Any]) -> None:
     """Replace each constant convolution weight in `env` by a channels-last copy (channels-last strides
     even where a size-1 axis leaves the layout ambiguous, as in depthwise weights). Windows are gathered
     channels-last, and a weight in the default layout is reordered on every call: with the copies the
-    engine ran ResNet18 5-12 % and VGG16 2-6 % faster (196 positions). The clean pass above used the
+    engine ran ResNet18 5-8 % and VGG16 3-6 % faster (196 positions, RESULTS.md#zoo). The clean pass above used the
     model's own weights; copies are kept on the graph, one per weight version."""
     kept = graph.window_weights
     for call in graph.calls:
