@@ -386,6 +386,34 @@ def test_naive_checks_the_twin_on_its_first_batch_and_falls_back_when_it_disagre
     torch.testing.assert_close(result.scores, reference.scores)
 
 
+class ViewsRows(nn.Module):
+    """A CNN whose code merges channels with rows by `view`: it raises on channels-last input."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(width, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        return self.head(y.view(b, c * h, w).mean(1))
+
+
+def test_naive_runs_a_model_that_cannot_take_channels_last_input_in_its_own_layout():
+    torch.manual_seed(0)
+    model, image = ViewsRows().eval(), torch.randn(3, 24, 24)
+    with pytest.raises(RuntimeError, match="view size"):
+        model(image[None].contiguous(memory_format=torch.channels_last))
+    first = krypton.explain(model, image, patch=8, stride=4, mode="naive", batch_size=4)
+    again = krypton.explain(model, image, patch=8, stride=4, mode="naive", batch_size=4)
+    assert first.stats["naive_layout"] == again.stats["naive_layout"] == "contiguous"
+    occ, _ = grid_occlusions(image[None], (8, 8), (4, 4), torch.zeros(3, 8, 8))
+    with torch.no_grad():
+        expected = model(occ.images(np.arange(occ.count), fastest_naive.PaddedCache(), torch.contiguous_format))
+    torch.testing.assert_close(first.scores.reshape(occ.count, -1), expected)
+    torch.testing.assert_close(again.scores, first.scores)
+
+
 def test_small_batches_grow_for_small_models():
     model, image = cnn(), torch.randn(1, 3, 12, 12)
     occ, _ = grid_occlusions(image, (2, 2), (1, 1), torch.zeros(3, 2, 2))
@@ -516,6 +544,36 @@ def test_partial_graph_runs_the_stem_incrementally_and_the_folded_rest_per_posit
     rest = [op for op in analysis.ops if op["op"] == "rest of the graph"]
     assert len(rest) == 1 and rest[0]["incremental_macs"] == rest[0]["naive_macs"] > 0
     assert 1.0 < analysis.speedup < analysis.per_position_speedup + 1e-9
+
+
+class FoldThenConv(nn.Module):
+    """A fold of the batch axis, then a convolution whose output a `view` merges channels with rows
+    (MobileViT's unfold): the per-position rest must run the captured ops in the layouts the model ran
+    them in (that view cannot take a channels-last tensor)."""
+
+    def __init__(self, channels: int = 8, width: int = 24):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU())
+        self.conv, self.head = nn.Conv2d(channels, channels, 3, padding=1), nn.Linear(width, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        x = torch.relu(x.reshape(b * 2, c // 2, h, w)).reshape(b, c, h, w)
+        x = self.conv(x).view(b, c * h, w)
+        return self.head(x.mean(1))
+
+
+def test_a_partial_graph_replays_its_rest_in_the_model_s_own_layouts():
+    torch.manual_seed(0)
+    model, image = FoldThenConv().eval(), torch.randn(3, 24, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the engine runs to the end
+        exact = krypton.explain(model, image, patch=8, stride=4, path="incremental")
+    naive = krypton.explain(model, image, patch=8, stride=4, mode="naive")
+    assert exact.stats["path"] == "incremental" and exact.stats["mode"] == "exact"
+    assert any("per position (batch axis folded)" in op for _, op in exact.stats["fallbacks"])
+    torch.testing.assert_close(exact.scores, naive.scores, rtol=1e-4, atol=1e-5)
 
 
 def test_a_partial_graph_whose_per_position_part_is_slower_than_naive_runs_naive(monkeypatch):

@@ -167,3 +167,30 @@ def test_bad_image_layout_and_device_are_clear_errors():
     for fill in (float("nan"), [0.0, float("inf"), 0.0]):
         with pytest.raises(ValueError, match="fill must be finite"):
             krypton.explain(model, torch.randn(3, 32, 32), fill=fill)
+
+
+class TokenHybrid(nn.Module):
+    """Group-norm convolutions, then tokens with a learned class token in front (as ViT and PoolFormer
+    build them): the engine computes such ops whole on batches, where the class token and group norm's
+    size argument were captured at batch 1."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 4, stride=4), nn.GroupNorm(2, channels), nn.GELU())
+        self.cls = nn.Parameter(torch.randn(1, 1, channels))
+        self.head = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(tokens.mean(1) + tokens[:, 0])
+
+
+@pytest.mark.filterwarnings("error")  # no fallback: the engine computes every position
+def test_group_norm_and_a_class_token_run_incrementally_and_exactly():
+    torch.manual_seed(0)
+    model, image = TokenHybrid().eval(), torch.randn(3, 32, 32)
+    exact = explain(model, image, patch=8, stride=4, batch_size=8)
+    naive = krypton.explain(model, image, patch=8, stride=4, mode="naive")
+    assert exact.stats["path"] == "incremental" and exact.stats["incremental_positions"] == exact.stats["positions"]
+    torch.testing.assert_close(exact.scores, naive.scores, rtol=1e-4, atol=1e-5)

@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from krypton.box import Boxes, Window
+from krypton.capture import constant
 from krypton.engine.gather import PaddedCache, WindowValues, read_window
 from krypton.engine.plan import Plan, Step, shared_tail, tail_reads, window
 from krypton.rules import FULL
@@ -158,8 +159,11 @@ class IncrementalRunner:
         """A partial graph's rest, position by position at batch 1 (the captured shapes fold the batch
         axis, so only batch 1 is right): each item's values at the cut, the clean ones elsewhere."""
         cut = {node: frame.whole(node) for node in self.tail_inputs}
-        items = range(frame.batch)
-        return torch.cat([_run_suffix(self.plan, {n: v[i : i + 1] for n, v in cut.items()}, self.clean) for i in items])
+
+        def at_cut(i: int) -> dict[fx.Node, Any]:
+            return {node: _laid_out_as(value[i : i + 1], self.clean[node]) for node, value in cut.items()}
+
+        return torch.cat([_run_suffix(self.plan, at_cut(i), self.clean) for i in range(frame.batch)])
 
     def _walk(self, frame: BatchFrame, steps: list[Step], index: np.ndarray) -> int:
         """Compute `steps` for the positions `index` (the frame's batch); MACs spent."""
@@ -187,9 +191,23 @@ class IncrementalRunner:
         return computed is None or computed.size == tuple(self.clean[node].shape[1:])
 
 
+def _laid_out_as(value: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """`value` with the clean value's strides: the suffix replays captured ops, and a captured `view`
+    fails on the engine's channels-last windows where the model's own tensor was contiguous (MobileViT)."""
+    if value.stride() == clean.stride():
+        return value
+    return torch.empty_strided(clean.shape, clean.stride(), dtype=value.dtype, device=value.device).copy_(value)
+
+
 def _run_suffix(plan: Plan, env: dict[fx.Node, Any], clean: dict[fx.Node, Any]) -> torch.Tensor:
-    """The suffix for one item: `env` holds its values at the cut; everything else reads `clean`."""
+    """The suffix for one item: `env` holds its values at the cut; everything else reads `clean`, except
+    constants: the suffix replays captured ops as the model ran them, with its own weights (the clean
+    values hold channels-last copies of convolution weights, whose outputs a captured `view` cannot take:
+    MobileViT)."""
     for call in plan.suffix:
+        for node in call.inputs:
+            if node.op == "get_attr" and node not in env:
+                env[node] = constant(plan.graph, node)
         node, target = call.node, call.target  # call_function nodes: the target is the op
         args = _values(tuple(node.args), env, clean)
         env[node] = target(*args, **_values(dict(node.kwargs), env, clean))

@@ -14,6 +14,7 @@ Two choices, both measured on batches whose outputs are kept (no work is thrown 
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -108,12 +109,17 @@ class FastestNaive:
         twin = self._twin_for(layout)
         shape = len(index)
         started = time.perf_counter()
-        if twin is None:
-            out = guard.call(self.model, images)
-        elif twin.verified:
-            out = guard.call(twin.module, images)
-        else:
-            out, shape = self._first_twin_batch(twin, images), shape + 1
+        try:
+            if twin is None:
+                out = guard.call(self.model, images)
+            elif twin.verified:
+                out = guard.call(twin.module, images)
+            else:
+                out, shape = self._first_twin_batch(twin, images), shape + 1
+        except Exception:
+            if layout != "channels_last":
+                raise
+            out = self._in_the_model_s_layout(images)
         seconds = time.perf_counter() - started
         self.collector.add(index, out)
         self.positions += len(index)
@@ -147,6 +153,14 @@ class FastestNaive:
         self._twin = None
         return guard.call(self.model, images)
 
+    def _in_the_model_s_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """The model failed on channels-last input (its code `view`s a convolution's output, which then
+        has channels-last strides: MobileViT): this batch and every later one, in this run and the next,
+        go in the default layout; an error of the model's own is raised from that call."""
+        _LAYOUT_FAILS.add(self.model)
+        self._twin, self.layout, self._trial, self._trial_done = None, "contiguous", None, True
+        return guard.call(self.model, images.contiguous())
+
     def _adapt(self, remaining: int) -> None:
         spp = self.seconds_per_position or 0.0
         if not self.fixed_batch and spp * self.batch_size < SMALL_BATCH_S and self.batch_size < MAX_BATCH:
@@ -166,5 +180,10 @@ class FastestNaive:
         self._trial = None
 
 
+_LAYOUT_FAILS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models that raised on channels-last input
+
+
 def _layout_matters(model: nn.Module, image: torch.Tensor) -> bool:
+    if model in _LAYOUT_FAILS:
+        return False
     return image.dim() == 4 and image.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())

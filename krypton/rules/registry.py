@@ -133,6 +133,11 @@ class Rule:
             size = args[name]
             if isinstance(size, (list, tuple)) and size and size[0] == 1:
                 args[name] = [frame.batch] + list(size[1:])
+        if site.call.target is torch.ops.aten.native_group_norm.default:
+            args["N"] = frame.batch  # the batch size, captured as 1 (PoolFormer, MobileViTv2)
+        if site.call.target in JOINS:  # values that do not depend on the image have batch 1 (ViT's class token)
+            tensors = args["tensors"]
+            args["tensors"] = [v.expand(frame.batch, *v.shape[1:]) if _batch_one(v, frame) else v for v in tensors]
         result = call_op(site.call.target, args)
         return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
@@ -151,6 +156,10 @@ def call_op(target: Any, args: dict[str, Any]) -> Any:
         else:
             positional.append(args[arg.name])
     return target(*positional, **keywords)
+
+
+def _batch_one(value: Any, frame: Frame) -> bool:
+    return isinstance(value, torch.Tensor) and frame.batch > 1 and value.dim() > 0 and value.shape[0] == 1
 
 
 def _whole_batch(frame: Frame, value: Any) -> Any:
@@ -195,6 +204,7 @@ def _full_like(site: Site, where: np.ndarray) -> Changes:
 
 # Arguments holding a full output shape whose leading 1 is the batch axis.
 SIZE_ARGS = {"size", "shape"}
+JOINS = {torch.ops.aten.cat.default, torch.ops.aten.stack.default}  # batch-1 inputs do not broadcast
 VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.as_strided.default}
 
 FULL = Rule()
