@@ -1,20 +1,24 @@
 """The zoo: many timm and torchvision CNNs through capture, `analyze` and exact vs naive.
 
-Per model (random weights, eval mode; timm `num_classes=10`, torchvision `weights=None`; 3x224x224,
-patch 16, stride 8): capture seconds, ops computed in full, analyze's batched and per-position ratios
-(exact, and approximate with local gates where the model has squeeze-excitation gates), then a fixed
-sample of positions evaluated by `krypton.explain(path="auto")` and naive (the faster of as given and
-channels-last; each a whole naive map: the clean call and every position) side by side, three times
-interleaved: the faster naive first call over explain's first call (graph already captured; each pays
-its own one-time kernel setup for its batch shapes and layouts), the best naive over explain's best
-call, and the largest difference relative to the occlusion effect in float32.
+Per model (random weights, eval mode; timm `num_classes=10`, torchvision `weights=None`; 3x224x224, or
+3xSxS for a model named `name@S`; patch 16, stride 8): capture seconds, ops computed in full, analyze's
+batched and per-position ratios (exact, and approximate with local gates where the model has
+squeeze-excitation gates), then a fixed sample of positions evaluated by `krypton.explain(path="auto")`
+and naive (the faster of as given and channels-last; each a whole naive map: the clean call and every
+position) side by side, three times interleaved: the faster naive first call over explain's first call
+(graph already captured; each pays its own one-time kernel setup for its batch shapes and layouts), the
+best naive over explain's best call, and the largest difference relative to the occlusion effect in
+float32.
 timm is a benchmark-only dependency (`pip install timm==1.0.31`).
 
 `--float64` checks exactness instead: the model and image in float64, the engine itself (`run_exact` on
 the captured graph, no self-check and no fallback in between) against full re-inference on the same
 positions; the largest difference relative to the occlusion effect should be at rounding level (<= 1e-9).
 
-    .venv/bin/python benchmarks/zoo.py [--models resnet18 tv:vgg11 ...] [--positions 49] [--float64]
+`--unseen` runs models that no rule or heuristic was tuned on (other families, attention hybrids and
+transformers, which must fall back or run partially, never wrongly), instead of the zoo.
+
+    .venv/bin/python benchmarks/zoo.py [--models resnet18 tv:vgg11 ...] [--unseen] [--positions 49] [--float64]
 """
 
 from __future__ import annotations
@@ -53,6 +57,27 @@ ZOO = (
 ).split()
 
 
+UNSEEN = (
+    "efficientvit_b0 edgenext_xx_small mobilevit_xxs@256 mobilevitv2_050@256 poolformer_s12 vit_tiny_patch16_224 "
+    "swin_tiny_patch4_window7_224 pvt_v2_b0 eca_resnet33ts bat_resnext26ts@256 lambda_resnet26t@256 "
+    "sebotnet33ts_256@256 xcit_nano_12_p16_224 tresnet_m rdnet_tiny inception_next_tiny mambaout_femto starnet_s050 "
+    "repghostnet_050 efficientvit_m0 fasternet_t0 mixnet_s semnasnet_050 spnasnet_100 hardcorenas_a tinynet_a "
+    "resnetv2_50x1_bit nf_regnet_b0 regnetz_b16 eca_nfnet_l0 dla34 vgg11_bn dpn68b res2next50 resnet50d rexnetr_100 "
+    "efficientformerv2_s0 tiny_vit_5m_224 repvit_m0_9 convnext_pico_ols ghostnetv3_050 legacy_seresnet18 resnet10t "
+    "vovnet39a selecsls42 densenetblur121d sequencer2d_s visformer_tiny levit_conv_128s coat_lite_tiny "
+    "crossvit_tiny_240@240 resmlp_12_224 gmlp_ti16_224 mobilenetv5_300m fastvit_mci0 hiera_tiny_224 davit_tiny "
+    "focalnet_tiny_srf efficientnet_es mobilenetv1_100 tv:inception_v3@299 tv:mobilenet_v2 tv:mnasnet1_0 "
+    "tv:wide_resnet50_2 tv:densenet121 tv:squeezenet1_0 tv:vit_b_16 tv:swin_t tv:maxvit_t tv:regnet_x_400mf "
+    "tv:resnext50_32x4d tv:efficientnet_b0"
+).split()
+
+
+def sized(spec: str) -> tuple[str, int]:
+    """`name` or `name@size` (a model built for another input size, e.g. mobilevit_xxs@256)."""
+    name, _, size = spec.partition("@")
+    return name, int(size) if size else 224
+
+
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name.startswith("tv:"):
@@ -65,26 +90,27 @@ def build(name: str) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=10).eval()
 
 
-def row(name: str, positions: int) -> str:
+def row(spec: str, positions: int) -> str:
+    name, size = sized(spec)
     model = build(name)
     torch.manual_seed(1)
-    image = torch.randn(3, 224, 224)
+    image = torch.randn(3, size, size)
     graphs.clear()
     started = time.perf_counter()
     try:
         graph_for(model, image[None])
     except Exception as exc:  # noqa: BLE001 - a model the engine cannot capture is a result too
-        return f"| {name} | - | - | - | - | - | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
+        return f"| {spec} | - | - | - | - | - | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
     capture_s = time.perf_counter() - started
     try:
-        exact = krypton.analyze(model, (3, 224, 224), patch=16, stride=8)
-        gates = krypton.analyze(model, (3, 224, 224), patch=16, stride=8, local_gates=True)
+        exact = krypton.analyze(model, (3, size, size), patch=16, stride=8)
+        gates = krypton.analyze(model, (3, size, size), patch=16, stride=8, local_gates=True)
     except Exception as exc:  # noqa: BLE001
-        return f"| {name} | {capture_s:.1f} | - | - | - | - | analyze: {str(exc).splitlines()[0][:60]} | - | - |"
+        return f"| {spec} | {capture_s:.1f} | - | - | - | - | analyze: {str(exc).splitlines()[0][:60]} | - | - |"
     full = Counter(op.removeprefix("aten.") for _, op in exact.fallbacks)
     full_text = ", ".join(f"{op}x{n}" for op, n in full.most_common()) or "none"
     gate_text = f"{gates.speedup:.2f}" if gates.incremental_macs < exact.incremental_macs else "-"
-    stride = _stride(positions)
+    stride = _stride(positions, size)
     occ, _ = grid_occlusions(image[None], (16, 16), (stride, stride), torch.zeros(3, 16, 16))
     cl_model, cl_image = channels_last(model, image[None])
     cl_occ, _ = grid_occlusions(cl_image, (16, 16), (stride, stride), torch.zeros(3, 16, 16))
@@ -107,32 +133,33 @@ def row(name: str, positions: int) -> str:
     best = min(min(naive_s), min(naive_cl_s))
     first = min(naive_s[0], naive_cl_s[0])  # each naive variant's own first call, like explain's
     ratios = f"{first / auto_s[0]:.2f} / {best / min(auto_s):.2f}"
-    return (f"| {name} | {capture_s:.1f} | {exact.speedup:.2f} | {exact.per_position_speedup:.2f} | {gate_text} | "
+    return (f"| {spec} | {capture_s:.1f} | {exact.speedup:.2f} | {exact.per_position_speedup:.2f} | {gate_text} | "
             f"{occ.count} | {full_text} | {ratios} ({result.stats['path']}) | {diff:.1e} |")  # fmt: skip
 
 
-def exactness_row(name: str, positions: int) -> str:
+def exactness_row(spec: str, positions: int) -> str:
     """Engine vs full re-inference in float64 on a grid of about `positions` positions."""
+    name, size = sized(spec)
     model = build(name).double()
     torch.manual_seed(1)
-    image = torch.randn(1, 3, 224, 224, dtype=torch.float64)
-    stride = _stride(positions)
+    image = torch.randn(1, 3, size, size, dtype=torch.float64)
+    stride = _stride(positions, size)
     occ, _ = grid_occlusions(image, (16, 16), (stride, stride), torch.zeros(3, 16, 16, dtype=torch.float64))
     try:
         graph = capture(model, image)
     except Exception as exc:  # noqa: BLE001 - a model the engine cannot capture is a result too
-        return f"| {name} | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
+        return f"| {spec} | capture failed: {str(exc).splitlines()[0][:60]} | - | - |"
     with torch.no_grad():
         naive = run_naive(model, occ, 16)
         clean = model(image)[0]
     engine = run_exact(graph, occ).outputs
     effect = float((naive - clean).abs().max()) + 1e-300
     diff = float((engine - naive).abs().max())
-    return f"| {name} | {occ.count} | {effect:.3g} | {diff / effect:.1e} |"
+    return f"| {spec} | {occ.count} | {effect:.3g} | {diff / effect:.1e} |"
 
 
-def _stride(positions: int) -> int:
-    return max(8, (224 - 16) // (int(positions**0.5) - 1)) if positions > 1 else 208
+def _stride(positions: int, size: int = 224) -> int:
+    return max(8, (size - 16) // (int(positions**0.5) - 1)) if positions > 1 else size - 16
 
 
 TIMING_HEADER = (
@@ -158,13 +185,15 @@ def table(header: str, make_row: Callable[[str, int], str], models: list[str], p
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=list(ZOO))
+    parser.add_argument("--unseen", action="store_true", help="run the UNSEEN list instead of the zoo")
     parser.add_argument("--positions", type=int, default=49, help="about this many grid positions are timed")
     parser.add_argument("--float64", action="store_true", help="check exactness in float64 instead of timing")
     args = parser.parse_args()
+    models = list(UNSEEN) if args.unseen else args.models
     if args.float64:
-        table(EXACTNESS_HEADER, exactness_row, args.models, args.positions)
+        table(EXACTNESS_HEADER, exactness_row, models, args.positions)
     else:
-        table(TIMING_HEADER, row, args.models, args.positions)
+        table(TIMING_HEADER, row, models, args.positions)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,9 @@ def test_savings_forgone_by_short_runs_add_up_to_a_try(monkeypatch):
     graph = graph_for(model, image[None]).graph
     occ, _ = grid_occlusions(image[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e-3)  # as if the engine were expected to lose
     short = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
-    assert "costs less than trying the engine" in short.stats["reason"]
+    assert "costs less than the engine is expected to" in short.stats["reason"]
     forgone = plans.planned(graph, occ).measured.forgone_s  # the same geometry: the run's plan
     assert forgone > 0
     monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1.01 * forgone)  # this run alone would not try either
@@ -494,21 +495,33 @@ def test_self_check_tolerance_follows_the_models_own_sensitivity():
         assert self_check(model, occ, broken) is not None
 
 
-def test_small_run_tries_a_few_positions_before_choosing(monkeypatch):
+def test_a_small_run_follows_the_plan_s_prediction_and_times_the_engine_for_the_next(monkeypatch):
+    """Too few batches to calibrate on: the plan's MAC saving at EFFICIENCY, less the fixed costs,
+    against naive's measured rest decides; the engine's time is kept for the next run of the plan."""
     model, image = cnn(width=64), torch.randn(3, 48, 48)  # ~0.1 GMACs/position: naive batches stay at 16
-    graph_for(model, image[None])  # a graph at hand, but only one batch of positions: no calibration
+    graph_for(model, image[None])  # a graph at hand, but only a few batches of positions: no calibration
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e-3)  # as if the engine were expected to lose
     short = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
     assert short.stats["reason"].startswith("re-inferring the other"), short.stats["reason"]
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # as if the rest took long enough to try
+    assert short.stats["path"] == "naive"
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # as if it were expected to win by far
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     result = krypton.explain(model, image, patch=24, stride=4)
     naive = krypton.explain(model, image, patch=24, stride=4, mode="naive")
-    assert result.stats["reason"].startswith("trial: incremental"), result.stats["reason"]
+    assert result.stats["reason"].startswith("predicted for the other"), result.stats["reason"]
+    assert result.stats["path"] == "incremental+naive"  # naive's timed batch, then the engine
+    seen = plans.planned(graph_for(model, image[None]).graph, _grid(image, 24, 4)).measured
+    assert seen.incremental_s is not None and seen.naive_s is not None  # measured for the next run
     torch.testing.assert_close(short.scores, naive.scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
     tiny, small_image = cnn(), torch.randn(3, 16, 16)
     graph_for(tiny, small_image[None])
     quick = krypton.explain(tiny, small_image, patch=8, stride=4)  # one naive batch answers everything
     assert quick.stats["reason"] == "a small run: the timed naive batch covered every position"
+
+
+def _grid(image: torch.Tensor, patch: int, stride: int):
+    return grid_occlusions(image[None], (patch, patch), (stride, stride), torch.zeros(3, patch, patch))[0]
 
 
 class FoldedAttention(nn.Module):
@@ -621,11 +634,11 @@ def test_a_small_pass_with_more_to_come_trials_a_whole_batch_and_keeps_the_verdi
     occ, _ = grid_occlusions(image[None], (24, 24), (4, 4), torch.zeros(3, 24, 24))  # 49 positions
     alone = pipeline_run.Experience()
     pipeline_run.evaluate(model, occ, experience=alone)
-    assert alone.verdict() is None  # a small run on its own: 4 trial positions at most, nothing kept
+    assert alone.verdict() is None  # a small run on its own: no trial, nothing kept for passes to come
     more = pipeline_run.Experience(ahead=10_000)  # the first pass of a long drill-down
     outputs, stats = pipeline_run.evaluate(model, occ, experience=more)
     assert stats.reason.startswith("trial: incremental"), stats.reason
     assert more.verdict() is not None  # kept for the passes to come
-    assert stats.incremental_positions > pipeline_run.TRIAL_POSITIONS  # a whole batch, not 4 positions
+    assert stats.incremental_positions >= min(16, stats.positions - stats.naive_positions)  # a whole batch
     reference = krypton.explain(model, image, patch=24, stride=4, mode="naive").scores.reshape(occ.count, -1)
     torch.testing.assert_close(outputs, reference, rtol=1e-4, atol=1e-5)

@@ -8,10 +8,10 @@
    naive - until the runs on this model that stayed naive for that reason have together spent the
    capture's price (rent-or-buy: repeated calls then pay at most about twice the better path);
 3. otherwise the graph is captured (or loaded), the plan predicts the MAC saving; a saving too small to
-   pay runs naive, and so does a modest one on a run whose naive rest is too cheap for the most it could
-   save to pay for trying; otherwise a modest saving is calibrated on the first incremental batches
-   against naive's measured time per position (a run too small to calibrate times a few positions,
-   fixed costs included), and the faster path finishes the run;
+   pay runs naive, and so does a modest one whose expected gain on naive's measured rest (EFFICIENCY of
+   the MAC saving) does not cover the engine's fixed costs; otherwise a modest saving is calibrated on the
+   first incremental batches against naive's measured time per position (a run too short to calibrate
+   follows the prediction, timed for the next run), and the faster path finishes the run;
 4. incremental outputs are self-checked against full inference; a mismatch re-runs those positions naive.
 Exact mode's numbers are the same on either path, so switching part-way is safe. Every decision and its
 reason lands in `RunStats`.
@@ -44,10 +44,13 @@ NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture
 PROBE_MARGIN = 3.0  # a one-position probe decides alone when the rest costs this many times the capture
 WARM_GIVE_UP = 4.0  # a first incremental batch this many times slower than naive ends calibration at once
 CLEAR_LOSS = 1.5  # a timed batch this many times slower than naive ends calibration without a second one
-TRIAL_POSITIONS = 4  # positions a small run tries incrementally before choosing its path
-TRIAL_MIN_S = 0.5  # a run whose best-case saving (its naive rest x (1 - 1/plan limit)) is under this stays
-# naive without a trial or calibration (a trial costs a clean pass and a few slow positions: inception_v4 at
-# 25 positions lost 0.64x of naive to one that could have saved at most 0.18 s)
+TRIAL_MIN_S = 0.5  # best-case savings forgone by runs of a plan that stayed naive: once they add up to this,
+# a run tries the engine even if its own prospect is poor (rent-or-buy)
+EFFICIENCY = 0.6  # the engine's expected share of the plan's MAC saving: measured runs reached 0.34-0.79 of
+# it (49-196 positions, first and later calls, RESULTS.md#pipeline); below the MAC saving it stays because
+# small windows run at lower throughput than whole tensors and batches share one window per op
+SETUP_S = 0.1  # one-time cost of a plan's first engine run in a process (kernels set up for each new window
+# shape): first minus later calls of the engine forced on, 49 positions: 0.08-0.25 s
 
 
 @dataclass
@@ -153,6 +156,7 @@ class _Run:
         self.on_phase: Callable[[str | None], None] | None = None
         self.gates = False
         self.experience = Experience()
+        self.timed_rest = False  # the engine runs the rest of a short run on the plan's prediction alone
 
     def go(self) -> torch.Tensor:
         if self.mode == "naive" or self.path == "naive":
@@ -248,7 +252,10 @@ class _Run:
             if groups is None:
                 return self._finish(checked=True)
             if groups:
+                started, count = time.perf_counter(), sum(len(g) for g in groups)
                 self._incremental(graph, plan, size, groups, clean_pass)
+                if self.timed_rest:  # what the prediction chose, measured for the next run of this plan
+                    self._record((time.perf_counter() - started) / count, self._naive_s(), this_run=False)
         except graphs.StaleGraph:
             raise
         except Exception as exc:  # a rule that cannot run on this batch: answer anyway, in full
@@ -304,9 +311,12 @@ class _Run:
         return None
 
     def _trial(self, graph, plan, size, limit):
-        """A small run (too few batches to calibrate on): time a few positions the engine's way, clean pass
-        and all (fixed costs count in a small run: the clean pass is spread over the positions left, as
-        the engine would spend it), against naive's time per position; None: naive wins."""
+        """A small run (too few batches to calibrate on). One pass: the plan's prediction decides
+        (`_not_worth_trying`), and the engine's rest is timed for the next run of the plan (a trial of a
+        few positions at a batch shape of their own paid kernel setup that the run's batches did not
+        reuse: dla34 at 49 positions tried 40.7 ms/position against naive's 28.1 and stayed naive, where
+        the engine took 0.90 s against 1.37). With passes to come (a drill-down): one whole batch, clean
+        pass included, whose verdict the later passes follow. None: naive finishes the run."""
         if not self.naive.measured and self.experience.naive_s is None:
             self._naive_batches(1)
         remaining = self._remaining()
@@ -315,22 +325,21 @@ class _Run:
             return None, None
         if self._not_worth_trying(limit):
             return None, None
-        # more passes to come (a drill-down): one whole batch, whose verdict the later passes then follow
-        trial = np.sort(remaining[: size if self.experience.ahead else TRIAL_POSITIONS])
         started = time.perf_counter()
         clean_pass = self._clean_pass(graph)  # free when an earlier pass of this explanation made it
         if self._suffix_too_slow(plan, clean_pass, self._naive_s()):
             return clean_pass, None
+        if not self.experience.ahead:
+            self.timed_rest = True
+            return clean_pass, self._groups(plan, size)
         fixed, started = time.perf_counter() - started, time.perf_counter()
+        trial = np.sort(remaining[:size])
         self._incremental(graph, plan, size, [trial], clean_pass)
-        # one pass: the clean pass counts against these positions (spread over the whole run, it made
-        # the engine look faster than it was: inception_v4 at 25 positions ran 0.64x of naive instead of
-        # 0.86x); passes to come share it, so it is spread over all of them
-        share = len(remaining) + self.experience.ahead if self.experience.ahead else len(trial)
-        per_position = (time.perf_counter() - started) / len(trial) + fixed / share
+        # the clean pass is spread over this pass and the passes to come, which share it
+        per_position = (time.perf_counter() - started) / len(trial) + fixed / (len(remaining) + self.experience.ahead)
         naive = self._naive_s()
-        self._record(per_position, naive, this_run=bool(self.experience.ahead))
-        verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position (clean pass included) vs naive "
+        self._record(per_position, naive)
+        verdict = f"trial: incremental {per_position * 1e3:.3g} ms/position vs naive "
         verdict += f"{naive * 1e3:.3g} ms" if naive is not None else "(untimed)"
         self.stats.reason = verdict
         if naive is not None and per_position > naive:
@@ -366,19 +375,29 @@ class _Run:
             seen.incremental_s, seen.naive_s, seen.warm = incremental, naive, settled or seen.engine_runs > 0
 
     def _not_worth_trying(self, limit: float) -> bool:
-        """When the most the engine could save on the rest, naive rest x (1 - 1/limit), is under
-        TRIAL_MIN_S, naive finishes the run at once (True): a trial or calibration costs a clean pass and
-        a few positions that may be slower than naive, more than such a run could win (LeViT-128s, 196
-        positions, 0.8 s: calibration's 34 incremental positions cost 0.29 s, 0.74x of naive). Such
-        savings add up over runs of the same plan: once together they reach TRIAL_MIN_S, a run tries."""
-        remaining = self._remaining()
-        left = (self._naive_s() or 0.0) * (len(remaining) + self.experience.ahead)
-        saving, seen = left * (1 - 1 / limit), self.measured
-        if saving + seen.forgone_s >= TRIAL_MIN_S:
+        """Predict both paths from the plan: naive's rest at its measured speed, the engine's at EFFICIENCY
+        of the plan's MAC saving plus its fixed costs (the clean pass, about two naive positions, and
+        SETUP_S on the plan's first engine run in this process). When the engine is not expected to save
+        anything, naive finishes the run at once (True) - a calibration would cost more than such a run
+        could win. The best-case savings such runs forgo add up per plan: once they reach TRIAL_MIN_S, a
+        run tries anyway (the prediction may be pessimistic for this model)."""
+        remaining, naive = self._remaining(), self._naive_s() or 0.0
+        left, seen = naive * (len(remaining) + self.experience.ahead), self.measured
+        fixed = (0.0 if self.experience.clean_pass else 2 * naive) + (0.0 if seen.engine_runs else SETUP_S)
+        expected = left * (1 - 1 / (limit * EFFICIENCY)) - fixed
+        outlook = (f"the plan saves {limit:.2f}x of the MACs at best, ~{limit * EFFICIENCY:.2f}x expected, less "
+                   f"~{fixed:.2g} s of fixed costs")  # fmt: skip
+        saving = left * (1 - 1 / limit)
+        if expected > 0 or saving + seen.forgone_s >= TRIAL_MIN_S:
+            self.stats.reason = f"predicted for the other {len(remaining)} positions (~{left:.2g} s naive): {outlook}"
+            if expected <= 0:
+                self.stats.reason += f"; runs that stayed naive forwent ~{seen.forgone_s:.2g} s: trying"
             return False
         seen.forgone_s += saving
-        self.stats.reason = (f"re-inferring the other {len(remaining)} positions (~{left:.2g} s) costs less than "
-                             f"trying the engine (it could save at most 1 - 1/{limit:.2f} of that)")  # fmt: skip
+        self.stats.reason = (
+            f"re-inferring the other {len(remaining)} positions (~{left:.2g} s) costs less than the engine is "
+            f"expected to ({outlook})"
+        )
         self.naive.run(remaining)
         return True
 
