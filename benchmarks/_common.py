@@ -27,7 +27,13 @@ def torchvision_model(name: str) -> tuple[torch.nn.Module, int]:
 def channels_last(model: torch.nn.Module, image: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
     """A copy of the model and the (1, C, H, W) image in channels-last layout: PyTorch's faster CPU
     kernels, the stricter naive baseline."""
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model = copy.deepcopy(model)
+    try:
+        model = model.to(memory_format=torch.channels_last)
+    except RuntimeError:  # a parameter of another rank that `to` refuses (lambda_resnet26t): convert the 4-D ones
+        for param in model.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
     return model, image.contiguous(memory_format=torch.channels_last)
 
 

@@ -51,7 +51,8 @@ def test_tiny_model_stays_naive_and_equals_incremental():
 def test_graph_in_memory_is_used_and_calibration_keeps_results_exact(monkeypatch):
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph_for(model, image[None])  # a graph at hand: the plan and calibration decide
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # as if the run were long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # as if the engine were expected to win by far
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
     assert result.stats["graph_source"] == "memory"
@@ -64,7 +65,7 @@ def test_a_run_that_could_save_little_is_not_calibrated(monkeypatch):
     """Calibration needs enough batches, but its slow batches cost more than a short run could win."""
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph_for(model, image[None])
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)  # as if the run's naive rest were short
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e-3)  # as if the engine were expected to lose
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)  # 169 positions, 11 batches
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
     probed = 2 * fastest_naive.PROBE_SIZE - 1  # a warm-up and a timed naive batch (the clean image rode along
@@ -100,7 +101,8 @@ def test_the_next_run_of_a_plan_follows_its_measured_verdict(monkeypatch):
     model, first, second = cnn(width=16), torch.randn(3, 24, 24), torch.randn(3, 24, 24)
     graph = graph_for(model, first[None]).graph
     occ, _ = grid_occlusions(first[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     calibrated = krypton.explain(model, first, patch=12, stride=1, batch_size=16)
     assert calibrated.stats["reason"].startswith("calibrated"), calibrated.stats["reason"]
     seen = plans.planned(graph, occ).measured
@@ -125,16 +127,20 @@ def test_a_verdict_against_the_engine_counts_only_when_measured_warm():
 
 
 def test_savings_forgone_by_short_runs_add_up_to_a_try(monkeypatch):
+    """Rent or buy: runs that the engine's one-time setup keeps naive add up what they forgo; once that
+    reaches the setup's price, a run tries."""
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph = graph_for(model, image[None]).graph
     occ, _ = grid_occlusions(image[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1e6)
-    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e-3)  # as if the engine were expected to lose
+    steady = property(lambda self: 1e-3, lambda self, value: None)  # naive: 1 ms/position in every run
+    monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", steady, raising=False)
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # the engine expected to win on every run...
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 1e6)  # ...but not its first-run setup
     short = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     assert "costs less than the engine is expected to" in short.stats["reason"]
     forgone = plans.planned(graph, occ).measured.forgone_s  # the same geometry: the run's plan
     assert forgone > 0
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 1.01 * forgone)  # this run alone would not try either
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 1.5 * forgone)  # neither run alone pays it; both do
     tried = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     assert tried.stats["reason"].startswith("calibrated"), tried.stats["reason"]
     torch.testing.assert_close(tried.scores, short.scores, rtol=1e-4, atol=1e-5)
@@ -171,7 +177,8 @@ def test_calibration_switches_to_naive_when_naive_measures_faster(monkeypatch):
     graph_for(model, image[None])
     naive_is_free = property(lambda self: 1e-12, lambda self, value: None)
     monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", naive_is_free, raising=False)
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # calibrate even though naive looks free
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # calibrate even though naive looks free
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     result = krypton.explain(model, image, patch=12, stride=1, batch_size=16)
     naive = krypton.explain(model, image, patch=12, stride=1, mode="naive")
     assert result.stats["reason"].startswith("calibrated") and "naive finishes" in result.stats["reason"]
@@ -597,7 +604,8 @@ def test_a_partial_graph_whose_per_position_part_is_slower_than_naive_runs_naive
     graph_for(model, image[None])
     naive_is_fast = property(lambda self: 1e-9, lambda self, value: None)
     monkeypatch.setattr(fastest_naive.FastestNaive, "seconds_per_position", naive_is_fast, raising=False)
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     result = krypton.explain(model, image, patch=8, stride=2, batch_size=8)
     assert result.stats["reason"].startswith("the part of the graph run per position"), result.stats["reason"]
     assert result.stats["path"] == "naive" and result.stats["incremental_positions"] == 0
@@ -613,7 +621,8 @@ def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeyp
     made = []
     real = graphs.clean_pass
     monkeypatch.setattr(graphs, "clean_pass", lambda *args, **kw: made.append(1) or real(*args, **kw))
-    monkeypatch.setattr(pipeline_run, "TRIAL_MIN_S", 0.0)  # long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     experience = pipeline_run.Experience()
     parts = np.arange(0, 80), np.arange(80, 150), np.arange(150, occ.count)
     first, stats = pipeline_run.evaluate(model, occ.subset(parts[0]), batch_size=16, experience=experience)

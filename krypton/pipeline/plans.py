@@ -28,14 +28,14 @@ MAX_BOX_ROWS = 400_000  # steps x positions of a plan worth keeping (~20 MB of b
 class Measured:
     """What earlier runs of a plan measured. The next run with the same plan (same positions, same
     batches) follows a measured verdict instead of probing and calibrating again: ResNet18, 196 positions,
-    spent 24 % of its time on those. Runs that stayed naive without trying add up what they might have
-    saved (`forgone_s`), so that a series of short runs does try the engine once."""
+    spent 24 % of its time on those. Runs that the engine's one-time setup kept naive add up what they were
+    expected to save (`forgone_s`), so that a series of short runs does pay the setup once."""
 
     naive_s: float | None = None  # naive seconds per position
     incremental_s: float | None = None  # incremental seconds per position
     warm: bool = False  # incremental_s was measured after an earlier run had set up the engine's kernels
     engine_runs: int = 0  # runs of this plan that ran incremental batches
-    forgone_s: float = 0.0  # best-case savings of runs that stayed naive without trying
+    forgone_s: float = 0.0  # expected savings of runs that stayed naive because of the engine's setup
 
     def verdict(self) -> str | None:
         """The faster path as measured, or None. A first run's figure for the engine includes setting up

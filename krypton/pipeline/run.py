@@ -44,8 +44,6 @@ NAIVE_PROBE_BATCHES = 2  # naive batches timed before deciding whether a capture
 PROBE_MARGIN = 3.0  # a one-position probe decides alone when the rest costs this many times the capture
 WARM_GIVE_UP = 4.0  # a first incremental batch this many times slower than naive ends calibration at once
 CLEAR_LOSS = 1.5  # a timed batch this many times slower than naive ends calibration without a second one
-TRIAL_MIN_S = 0.5  # best-case savings forgone by runs of a plan that stayed naive: once they add up to this,
-# a run tries the engine even if its own prospect is poor (rent-or-buy)
 EFFICIENCY = 0.6  # the engine's expected share of the plan's MAC saving: measured runs reached 0.34-0.79 of
 # it (49-196 positions, first and later calls, RESULTS.md#pipeline); below the MAC saving it stays because
 # small windows run at lower throughput than whole tensors and batches share one window per op
@@ -376,24 +374,26 @@ class _Run:
 
     def _not_worth_trying(self, limit: float) -> bool:
         """Predict both paths from the plan: naive's rest at its measured speed, the engine's at EFFICIENCY
-        of the plan's MAC saving plus its fixed costs (the clean pass, about two naive positions, and
-        SETUP_S on the plan's first engine run in this process). When the engine is not expected to save
-        anything, naive finishes the run at once (True) - a calibration would cost more than such a run
-        could win. The best-case savings such runs forgo add up per plan: once they reach TRIAL_MIN_S, a
-        run tries anyway (the prediction may be pessimistic for this model)."""
+        of the plan's MAC saving plus the clean pass (about two naive positions) and, on the plan's first
+        engine run in this process, SETUP_S. When the engine is not expected to save anything, naive
+        finishes the run at once (True): a calibration would cost more than such a run could win.
+        Rent or buy: the one-time setup is what keeps a short run naive when the engine is expected to
+        win per run; such runs add up the savings they forgo per plan, and once those reach the setup's
+        price a run pays it. Where the engine is not expected to win even without setup (a plan saving
+        little), no number of runs makes trying pay."""
         remaining, naive = self._remaining(), self._naive_s() or 0.0
         left, seen = naive * (len(remaining) + self.experience.ahead), self.measured
-        fixed = (0.0 if self.experience.clean_pass else 2 * naive) + (0.0 if seen.engine_runs else SETUP_S)
-        expected = left * (1 - 1 / (limit * EFFICIENCY)) - fixed
+        clean = 0.0 if self.experience.clean_pass else 2 * naive
+        setup = 0.0 if seen.engine_runs else SETUP_S
+        per_run = left * (1 - 1 / (limit * EFFICIENCY)) - clean  # expected saving once set up
         outlook = (f"the plan saves {limit:.2f}x of the MACs at best, ~{limit * EFFICIENCY:.2f}x expected, less "
-                   f"~{fixed:.2g} s of fixed costs")  # fmt: skip
-        saving = left * (1 - 1 / limit)
-        if expected > 0 or saving + seen.forgone_s >= TRIAL_MIN_S:
+                   f"~{clean + setup:.2g} s of fixed costs")  # fmt: skip
+        if per_run > setup or (per_run > 0 and seen.forgone_s + per_run >= setup):
             self.stats.reason = f"predicted for the other {len(remaining)} positions (~{left:.2g} s naive): {outlook}"
-            if expected <= 0:
+            if per_run <= setup:
                 self.stats.reason += f"; runs that stayed naive forwent ~{seen.forgone_s:.2g} s: trying"
             return False
-        seen.forgone_s += saving
+        seen.forgone_s += max(0.0, per_run)
         self.stats.reason = (
             f"re-inferring the other {len(remaining)} positions (~{left:.2g} s) costs less than the engine is "
             f"expected to ({outlook})"
