@@ -511,6 +511,10 @@ def test_a_small_run_follows_the_plan_s_prediction_and_times_the_engine_for_the_
     short = krypton.explain(model, image, patch=24, stride=4)  # 49 positions: at most 2 engine batches
     assert short.stats["reason"].startswith("re-inferring the other"), short.stats["reason"]
     assert short.stats["path"] == "naive"
+    monkeypatch.setattr(pipeline_run, "MEASURE_MIN_S", 0.0)  # a saving the plan allows, worth measuring:
+    measured = krypton.explain(model, image, patch=24, stride=4)  # the run's first batch is a trial
+    assert measured.stats["reason"].startswith("trial: incremental"), measured.stats["reason"]
+    plans.clear()  # the trial's verdict stays with the plan; a fresh plan is predicted again
     monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # as if it were expected to win by far
     monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     result = krypton.explain(model, image, patch=24, stride=4)
@@ -519,8 +523,8 @@ def test_a_small_run_follows_the_plan_s_prediction_and_times_the_engine_for_the_
     assert result.stats["path"] == "incremental+naive"  # naive's timed batch, then the engine
     seen = plans.planned(graph_for(model, image[None]).graph, _grid(image, 24, 4)).measured
     assert seen.incremental_s is not None and seen.naive_s is not None  # measured for the next run
-    torch.testing.assert_close(short.scores, naive.scores, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
+    for run in (short, measured, result):
+        torch.testing.assert_close(run.scores, naive.scores, rtol=1e-4, atol=1e-5)
     tiny, small_image = cnn(), torch.randn(3, 16, 16)
     graph_for(tiny, small_image[None])
     quick = krypton.explain(tiny, small_image, patch=8, stride=4)  # one naive batch answers everything
