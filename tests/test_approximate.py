@@ -182,6 +182,23 @@ def test_tune_picks_a_tau_from_the_grid_and_reports_heldout():
     krypton.explain(model, images[2], patch=8, stride=8, mode="approximate", **result.settings)
 
 
+def test_tune_measures_the_approximation_where_auto_would_answer_in_full(monkeypatch):
+    """On path "auto" a run the pipeline answers by full inference gives the exact map: the tuner must
+    measure the approximation itself, or a harsh setting scores SSIM 1 on the samples and then misses on
+    held-out images (a CLI test failed that way when timing sent the sample runs naive)."""
+    from krypton.pipeline import run
+
+    model, image = model_and_image(40)
+    monkeypatch.setattr(run, "MIN_GAIN", float("inf"))  # path "auto" answers every run in full
+    assert krypton.explain(model, image, patch=8, stride=4, mode="approximate", tau=0.3).stats["mode"] == "naive"
+    result = krypton.tune(model, [image], patch=8, stride=4, taus=(0.3,), drilldowns=(None,), target_ssim=0.5)
+    exact = krypton.explain(model, image, patch=8, stride=4)
+    approx = krypton.explain(model, image, patch=8, stride=4, mode="approximate", tau=0.3, path="incremental")
+    own = krypton.ssim(exact.heatmap, approx.heatmap)
+    assert own < 0.99  # tau 0.3 changes this map
+    assert result.sample_ssim[0.3] == [pytest.approx(own)]
+
+
 def test_tune_with_a_speed_target_returns_the_best_quality_reaching_it():
     model, image = model_and_image(40)
     images = [image, torch.randn(3, 40, 40)]
