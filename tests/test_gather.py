@@ -31,20 +31,32 @@ def _boxes(rng, shape, size, count, inside=False):
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("axes", [2, 3])
-def test_read_window_matches_per_item_reference(seed, channels_last, axes):
+@pytest.mark.parametrize("axes", [1, 2, 3])
+@pytest.mark.parametrize("delta_kind", ["window", "whole", "some channels"])
+def test_read_window_matches_per_item_reference(seed, channels_last, axes, delta_kind):
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, 6)),) + tuple(int(rng.integers(5, 12)) for _ in range(axes))
     base = torch.randn((1,) + shape)
     batch = int(rng.integers(1, 6))
     dsize = (shape[0],) + tuple(int(rng.integers(1, n + 1)) for n in shape[1:])
     dstart = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], dsize[1:], batch, inside=True)], 1)
+    if delta_kind == "whole":  # a whole batch (e.g. a shared tail's input), read at per-item places
+        dsize, dstart = shape, np.zeros((batch, len(shape)), np.int64)
+    elif delta_kind == "some channels":  # a window of some channels only: pasted offset by offset
+        first = int(rng.integers(0, shape[0]))
+        dsize = (int(rng.integers(1, shape[0] - first + 1)),) + dsize[1:]
+        dstart[:, 0] = first
     data = torch.randn((batch,) + dsize)
-    if channels_last:  # what convolutions on channels-last contexts produce: the row-paste path
-        data = data.contiguous(memory_format=torch.channels_last if axes == 2 else torch.channels_last_3d)
+    layout = {2: torch.channels_last, 3: torch.channels_last_3d}.get(axes)
+    if channels_last and layout is not None:  # what convolutions on channels-last contexts produce
+        data = data.contiguous(memory_format=layout)
     delta = WindowValues(data, dstart)
     size = (shape[0],) + tuple(int(rng.integers(1, n + 3)) for n in shape[1:])
-    start = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], size[1:], batch)], 1)
+    inside = channels_last and delta_kind == "whole"  # reads inside the tensor: the per-item gather path
+    start = np.concatenate([np.zeros((batch, 1), np.int64), _boxes(rng, shape[1:], size[1:], batch, inside)], 1)
+    if inside:
+        size = (shape[0],) + tuple(min(n, m) for n, m in zip(size[1:], shape[1:]))
+        start[:, 1:] = np.minimum(start[:, 1:], np.asarray(shape[1:]) - np.asarray(size[1:]))
     for d in (None, delta):
         got = read_window(base, d, start, size, 0.5, PaddedCache())
         torch.testing.assert_close(got, reference(base, d, start, size, 0.5), rtol=0, atol=0)

@@ -72,8 +72,11 @@ def read_window(
         return computed.data
     batch = start.shape[0]
     shape = np.asarray(clean.shape[1:], dtype=np.int64)
-    if computed is not None and computed.size == tuple(shape) and _inside(start, size, shape):
-        return computed.data[(slice(None),) + tuple(slice(int(a), int(a) + n) for a, n in zip(start[0], size))]
+    if computed is not None and computed.size == tuple(shape):
+        if _inside(start, size, shape):
+            return computed.data[(slice(None),) + tuple(slice(int(a), int(a) + n) for a, n in zip(start[0], size))]
+        if (start >= 0).all() and (start + np.asarray(size) <= shape).all():
+            return _gather_per_item(computed.data, start, size)
     need_lo = np.maximum(0, -start.min(axis=0))
     need_hi = np.maximum(0, (start + np.asarray(size)).max(axis=0) - shape)
     padded, pad_lo, _, _ = cache.get(clean, need_lo, need_hi, pad_value)
@@ -107,6 +110,31 @@ def _gather(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...], batc
     windows = sliced.as_strided(view_shape, view_stride, sliced.storage_offset())
     index = tuple(torch.from_numpy(np.ascontiguousarray(start[:, a])).to(padded.device) for a in varying)
     return windows[index]
+
+
+def _gather_per_item(data: torch.Tensor, start: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+    """Each item's window `[start_b, start_b + size)` of its own whole tensor `data` (B, *shape), all
+    inside: one indexed gather (a whole batch read at per-item places, e.g. a shared tail that starts
+    at the image; gathering the clean tensor and pasting B wholes costs B copies of the whole).
+    A channels-last batch is read in channels-last order and stays so (runs of C values)."""
+    axes = data.dim() - 1
+    layout = _CHANNELS_LAST.get(data.dim())
+    order = list(range(axes))
+    if layout is not None and data.is_contiguous(memory_format=layout):
+        order = [*range(1, axes), 0]  # channels last: spatial axes, then channels
+    view = data.permute(0, *(a + 1 for a in order))
+    begin, extent = start[:, order], [size[a] for a in order]
+    uniform = (begin == begin[:1]).all(axis=0)
+    sliced = view[(slice(None),) + tuple(
+        slice(int(begin[0, i]), int(begin[0, i]) + extent[i]) if uniform[i] else slice(None) for i in range(axes)
+    )]  # fmt: skip
+    varying = [i for i in range(axes) if not uniform[i]]
+    shape = [len(start)] + [sliced.shape[1 + i] - extent[i] + 1 for i in varying] + extent
+    stride = [sliced.stride(0)] + [sliced.stride(1 + i) for i in varying] + list(sliced.stride()[1:])
+    windows = sliced.as_strided(shape, stride, sliced.storage_offset())
+    index = (torch.arange(len(start)),) + tuple(torch.from_numpy(np.ascontiguousarray(begin[:, i])) for i in varying)
+    gathered = windows[tuple(i.to(data.device) for i in index)]
+    return gathered.permute(0, *(1 + order.index(a) for a in range(axes)))
 
 
 def _gather_all_channels(padded: torch.Tensor, start: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
@@ -151,18 +179,18 @@ def _paste(out: torch.Tensor, computed: WindowValues, start: np.ndarray, size: t
 
 
 def _paste_rows(out: torch.Tensor, data: torch.Tensor, rel: np.ndarray) -> bool:
-    """Paste windows at per-item offsets as one row copy (channels-last tensors of all channels).
+    """Paste windows of all channels at per-item offsets in one indexed copy.
 
-    In channels-last layout every spatial cell of every item is one contiguous row of C values, so
-    items with different offsets go in with a single `index_copy_` instead of one indexed copy per
-    offset. Returns False (nothing done) when the layouts do not allow it.
+    Seen as (B, *spatial, C), every spatial cell of every item is one row of C values, so items with
+    different offsets go in together instead of one indexed copy per offset (a batch of 32 positions on
+    a signal: 32 copies). Channels-last tensors take one `index_copy_` of contiguous rows; other layouts
+    one `index_put_` through the permuted view. Returns False (nothing done) when the windows do not
+    span every channel.
     """
-    if out.dim() not in (4, 5) or data.shape[1] != out.shape[1] or (rel[:, 0] != 0).any():
+    if out.dim() < 3 or data.shape[1] != out.shape[1] or (rel[:, 0] != 0).any():
         return False
     order = (0, *range(2, out.dim()), 1)
     rows_out, rows_in = out.permute(*order), data.permute(*order)
-    if not (rows_out.is_contiguous() and rows_in.is_contiguous()):
-        return False
     batch, channels, region = out.shape[0], out.shape[1], out.shape[2:]
     target = np.arange(batch).reshape((batch,) + (1,) * len(region))
     valid = np.ones((batch,) + tuple(data.shape[2:]), dtype=bool)
@@ -172,6 +200,11 @@ def _paste_rows(out: torch.Tensor, data: torch.Tensor, rel: np.ndarray) -> bool:
         cell = (rel[:, a + 1, None] + np.arange(width)[None, :]).reshape(view)
         target = target * extent + cell
         valid &= (cell >= 0) & (cell < extent)
+    if not (rows_out.is_contiguous() and rows_in.is_contiguous()):
+        cells = np.unravel_index(target[valid] if not valid.all() else target.reshape(-1), (batch, *region))
+        source = rows_in[torch.from_numpy(valid).to(out.device)] if not valid.all() else rows_in.reshape(-1, channels)
+        rows_out.index_put_(tuple(torch.from_numpy(np.ascontiguousarray(c)).to(out.device) for c in cells), source)
+        return True
     source = rows_in.reshape(-1, channels)
     if not valid.all():
         source = source[torch.from_numpy(np.flatnonzero(valid)).to(out.device)]
