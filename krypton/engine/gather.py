@@ -116,12 +116,10 @@ def _gather_per_item(data: torch.Tensor, start: np.ndarray, size: tuple[int, ...
     """Each item's window `[start_b, start_b + size)` of its own whole tensor `data` (B, *shape), all
     inside: one indexed gather (a whole batch read at per-item places, e.g. a shared tail that starts
     at the image; gathering the clean tensor and pasting B wholes costs B copies of the whole).
-    A channels-last batch is read in channels-last order and stays so (runs of C values)."""
+    Images and volumes come out channels-last, as from the clean tensor: convolutions and pooling run
+    on the same kernels either way (and the same rounding)."""
     axes = data.dim() - 1
-    layout = _CHANNELS_LAST.get(data.dim())
-    order = list(range(axes))
-    if layout is not None and data.is_contiguous(memory_format=layout):
-        order = [*range(1, axes), 0]  # channels last: spatial axes, then channels
+    order = [*range(1, axes), 0] if data.dim() in _CHANNELS_LAST else list(range(axes))  # channels last
     view = data.permute(0, *(a + 1 for a in order))
     begin, extent = start[:, order], [size[a] for a in order]
     uniform = (begin == begin[:1]).all(axis=0)

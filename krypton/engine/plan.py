@@ -38,6 +38,7 @@ class Step:
     full_axes: tuple[int, ...]
     macs: int  # multiply-accumulates per output element
     precise: bool  # the rule's one `applies` decision; False: computed whole whenever a batch changes it
+    windows: dict[bytes, Window | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def primary(self) -> Boxes | None:
@@ -193,8 +194,27 @@ def _with_suffix(plan: Plan, rest: list[Call], changed: set[fx.Node], static: An
     return plan
 
 
+WINDOWS_KEPT = 128  # windows remembered per step: a run's batches (2 x 41 for Inception3: grouped, row-major)
+
+
 def window(step: Step, index: np.ndarray) -> Window | None:
-    """The window a batch of positions computes for `step`'s output; None if none of them changes it."""
+    """The window a batch of positions computes for `step`'s output; None if none of them changes it.
+
+    Remembered per step and batch: grouping, the shared tail and execution each ask for every batch,
+    and on a small model those small-array computations cost as much as the batch's arithmetic (a
+    Conv1d net at 1 ms/position). The window's start is read-only, shared by every asker."""
+    key = np.asarray(index, dtype=np.int64).tobytes()
+    if key not in step.windows:
+        if len(step.windows) >= WINDOWS_KEPT:
+            step.windows.clear()
+        found = _window(step, index)
+        if found is not None:
+            found.start.setflags(write=False)
+        step.windows[key] = found
+    return step.windows[key]
+
+
+def _window(step: Step, index: np.ndarray) -> Window | None:
     boxes = step.primary
     if boxes is None:
         return None
