@@ -9,7 +9,8 @@ timed. Then `krypton.monai.OcclusionSensitivity` vs MONAI's own class with
 MONAI's defaults (mask 16, overlap 0.6, gaussian, n_batch 16) on a bounding box (the same windows for
 both; MONAI's full volume takes hours here). Finally a Conv1d network on a long signal.
 
-    .venv/bin/python benchmarks/bench_volumes.py [--sizes 64 96] [--sample 24] [--box 24]
+    .venv/bin/python benchmarks/bench_volumes.py [--models resnet18_3d ...] [--sizes 64 96] [--sample 24] [--box 24]
+    .venv/bin/python benchmarks/bench_volumes.py --models          # the Conv1d signal row only
 
 At 96^3 a naive activation is hundreds of MB and glibc gives freed memory back to the system, so naive
 (more than the engine) pays page faults that a long-lived process may not: for the fastest naive known,
@@ -157,7 +158,7 @@ def signal_row(length: int, sample: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["resnet18_3d", "densenet121_3d"])
+    parser.add_argument("--models", nargs="*", default=["resnet18_3d", "densenet121_3d"])  # none: the signal only
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96])
     parser.add_argument("--sample", type=int, default=24, help="grid positions timed per model and size")
     parser.add_argument("--box", type=int, default=24, help="side of the bounding box for the MONAI comparison")
