@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import krypton
+from krypton.engine.incremental import IncrementalRunner
 from krypton.modes.occlusions import Collector, grid_occlusions
 from krypton.pipeline import disk_cache, fastest_naive, graph_for, graphs, guard, plans
 from krypton.pipeline import run as pipeline_run
@@ -617,16 +618,23 @@ def test_a_partial_graph_whose_per_position_part_is_slower_than_naive_runs_naive
     torch.testing.assert_close(result.scores, naive.scores, rtol=1e-4, atol=1e-5)
 
 
-def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeypatch):
+def _calibrating_run(monkeypatch):
+    """A captured CNN whose runs calibrate (the engine is predicted worth measuring), its occlusions
+    and their naive outputs."""
     model, image = cnn(width=16), torch.randn(3, 24, 24)
     graph_for(model, image[None])
     occ, _ = grid_occlusions(image[None], (12, 12), (1, 1), torch.zeros(3, 12, 12))
     reference = krypton.explain(model, image, patch=12, stride=1, mode="naive").scores.reshape(occ.count, -1)
+    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # long enough to calibrate
+    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
+    return model, occ, reference
+
+
+def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeypatch):
+    model, occ, reference = _calibrating_run(monkeypatch)
     made = []
     real = graphs.clean_pass
     monkeypatch.setattr(graphs, "clean_pass", lambda *args, **kw: made.append(1) or real(*args, **kw))
-    monkeypatch.setattr(pipeline_run, "EFFICIENCY", 1e3)  # long enough to calibrate
-    monkeypatch.setattr(pipeline_run, "SETUP_S", 0.0)
     experience = pipeline_run.Experience()
     parts = np.arange(0, 80), np.arange(80, 150), np.arange(150, occ.count)
     first, stats = pipeline_run.evaluate(model, occ.subset(parts[0]), batch_size=16, experience=experience)
@@ -639,6 +647,21 @@ def test_passes_of_one_explanation_share_measurements_and_the_clean_pass(monkeyp
     third, stats = pipeline_run.evaluate(model, occ.subset(parts[2]), batch_size=16, experience=experience)
     assert stats.reason.startswith("an earlier run measured") and stats.path == "naive"
     torch.testing.assert_close(torch.cat([first, second, third]), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_engine_runs_over_one_clean_pass_share_its_padded_copies(monkeypatch):
+    """Calibration runs the engine batch by batch; each run used to copy every clean value to channels-last
+    again (0.1 s per run on DenseNet121-3D at 96^3, charged to the timed batch)."""
+    model, occ, reference = _calibrating_run(monkeypatch)
+    caches = []
+    real = IncrementalRunner.__init__
+    monkeypatch.setattr(
+        IncrementalRunner, "__init__", lambda self, *a, **k: real(self, *a, **k) or caches.append(self.cache)
+    )
+    outputs, stats = pipeline_run.evaluate(model, occ, batch_size=16)
+    assert stats.reason.startswith("calibrated"), stats.reason
+    assert len(caches) >= 2 and all(cache is caches[0] for cache in caches)
+    torch.testing.assert_close(outputs, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_a_small_pass_with_more_to_come_trials_a_whole_batch_and_keeps_the_verdict():

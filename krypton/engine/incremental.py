@@ -122,11 +122,12 @@ class IncrementalRunner:
         clean: dict[fx.Node, Any],
         occluded: OccludedInput,
         groups: list[np.ndarray] | None = None,
+        cache: PaddedCache | None = None,
     ):
         self.plan = plan
         self.clean = clean
         self.occluded = occluded
-        self.cache = PaddedCache()
+        self.cache = cache if cache is not None else PaddedCache()
         self.freed = _last_uses(plan)
         self.derived = {plan.graph.image} | {s.call.node for s in plan.steps}
         self.tail = shared_tail(plan, groups) if groups and not plan.suffix else len(plan.steps)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from krypton.capture import Graph
+from krypton.engine.gather import PaddedCache
 from krypton.engine.incremental import IncrementalRunner
 from krypton.engine.materialize import materialize
 from krypton.engine.plan import BoxTransform, Plan, batches, propagate
@@ -68,6 +69,7 @@ def run_exact(
     tail_batch: int | None = None,
     collector: Collector | None = None,
     clean: dict | None = None,
+    cache: PaddedCache | None = None,
 ) -> ExactResult:
     """Outputs for every occlusion by incremental inference, in the occlusions' order.
 
@@ -75,13 +77,15 @@ def run_exact(
     `on_batch(done_index, outputs)` is called after each batch with the outputs computed so far.
     The plan's shared tail runs on up to `tail_batch` positions at once (several batches' heads);
     with `on_batch` it runs per batch, so partial results arrive as soon as possible. A `collector`
-    (shared with other runs over the same occlusions) and the clean pass `clean` may be passed in.
+    (shared with other runs over the same occlusions), the clean pass `clean` and the padded channels-last
+    copies of its values (`cache`, built on first use: runs over one clean pass build them once) may be
+    passed in.
     """
     plan = plan or plan_for(graph, occlusions)
     batch_size = batch_size or auto_batch(plan)
     clean = clean if clean is not None else materialize(graph, occlusions.image)
     groups = groups if groups is not None else batches(plan, batch_size)
-    runner = IncrementalRunner(plan, clean, occlusions.occluded_input(), groups)
+    runner = IncrementalRunner(plan, clean, occlusions.occluded_input(), groups, cache)
     live = on_batch is not None or (collector is not None and collector.on_batch is not None)
     tail_batch = 1 if live else tail_batch or auto_tail_batch(runner)
     collector = collector or Collector(occlusions.count, progress, on_batch)

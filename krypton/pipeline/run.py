@@ -22,13 +22,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from krypton.capture import CaptureError, Graph
+from krypton.engine.gather import PaddedCache
 from krypton.engine.incremental import suffix_seconds
 from krypton.engine.plan import Plan, batches
 from krypton.modes.exact import run_exact, self_check
@@ -64,6 +65,7 @@ class Experience:
     naive_s: float | None = None  # naive seconds per position, from a batch after the first
     incremental_s: float | None = None  # incremental seconds per position, from calibration
     clean_pass: tuple[object, dict] | None = None  # (graph, every node's clean value): one clean pass
+    padded: PaddedCache = field(default_factory=PaddedCache)  # the clean pass's padded copies, built once
     ahead: int = 0  # positions the explanation evaluates after this call (set by the caller)
     checked: bool = False  # the engine passed its self-check on an earlier pass (same graph and settings)
 
@@ -418,11 +420,15 @@ class _Run:
             return kept[1]
         env = graphs.clean_pass(graph, self.model, self.occ.image, self.clean)
         self.experience.clean_pass = (graph, env)
+        self.experience.padded = PaddedCache()
         return env
 
     def _incremental(self, graph, plan, size, groups, clean_pass) -> None:
         clean_pass = clean_pass if clean_pass is not None else self._clean_pass(graph)
-        result = run_exact(graph, self.occ, plan, size, groups=groups, collector=self.collector, clean=clean_pass)
+        padded = self.experience.padded  # keyed by tensor (and pinning it): never stale
+        result = run_exact(
+            graph, self.occ, plan, size, groups=groups, collector=self.collector, clean=clean_pass, cache=padded
+        )
         self.stats.macs = (self.stats.macs or 0.0) + result.macs
         self.stats.batch_size = result.batch_size
         self.incremental_done.extend(groups)
