@@ -10,6 +10,7 @@ MONAI's defaults (mask 16, overlap 0.6, gaussian, n_batch 16) on a bounding box 
 both; MONAI's full volume takes hours here). Finally a Conv1d network on a long signal.
 
     .venv/bin/python benchmarks/bench_volumes.py [--models resnet18_3d ...] [--sizes 64 96] [--sample 24] [--box 24]
+        [--repeat 3]          # alternating rounds of naive and engine per 3-D row: medians
     .venv/bin/python benchmarks/bench_volumes.py --models          # the Conv1d signal row only
 
 At 96^3 a naive activation is hundreds of MB and glibc gives freed memory back to the system, so naive
@@ -58,14 +59,14 @@ def timed_block(occ, sample: int):
     return np.arange(start, min(occ.count, start + sample))
 
 
-def engine_exact(graph, part, whole_grid: int) -> tuple[float, torch.Tensor, float, float]:
-    """(seconds per position, outputs, clean-pass seconds, MAC ratio of these positions as batched).
+def engine_setup(graph, part, whole_grid: int):
+    """The engine ready to time on `part`: (run, fixed seconds per position, clean-pass seconds, MAC ratio of
+    these positions as batched); `run()` -> (seconds, outputs) of one warm run over them.
 
     The clean pass is timed apart and charged per position over the whole grid (a whole-grid run pays
     it once); so are first-use costs (kernel setup for each new window shape, allocator growth, the clean
-    values' padded channels-last copies): the block runs twice, the second run gives the per-position
-    figure, and the first run's excess over it is charged over the whole grid. The MAC ratio is the plan's for the very positions timed, batched as
-    the run batches them.
+    values' padded channels-last copies): a cold run and a warm run here, the cold run's excess charged over
+    the whole grid. The MAC ratio is the plan's for the very positions timed, batched as the run batches them.
     """
     from krypton.engine.gather import PaddedCache
     from krypton.engine.materialize import materialize
@@ -77,13 +78,21 @@ def engine_exact(graph, part, whole_grid: int) -> tuple[float, torch.Tensor, flo
     size = auto_batch(plan)
     spent = sum(batch_macs(plan, b) for b in batches(plan, size)) + plan.untouched_macs * part.count
     padded = PaddedCache()  # the clean values' channels-last copies: a whole-grid run makes them once
-    cold_s, _ = timed(lambda: run_exact(graph, part, plan, size, clean=clean, cache=padded))
-    run_s, result = timed(lambda: run_exact(graph, part, plan, size, clean=clean, cache=padded))
-    per_position = run_s / part.count + (clean_s + max(0.0, cold_s - run_s)) / whole_grid
-    return per_position, result.outputs, clean_s, plan.naive_macs() * part.count / spent
+
+    def run() -> tuple[float, torch.Tensor]:
+        seconds, result = timed(lambda: run_exact(graph, part, plan, size, clean=clean, cache=padded))
+        return seconds, result.outputs
+
+    cold_s, _ = run()
+    warm_s, _ = run()
+    fixed = (clean_s + max(0.0, cold_s - warm_s)) / whole_grid
+    return run, fixed, clean_s, plan.naive_macs() * part.count / spent
 
 
-def engine_row(name: str, size: int, sample: int) -> None:
+def engine_row(name: str, size: int, sample: int, repeat: int = 1) -> None:
+    """One table row; with `repeat` > 1 the naive baselines and the engine alternate that many rounds, each
+    round's ratio is engine vs the best naive of the same round, and the row gives medians (the ratio's range
+    in brackets): the machine's speed drifts by 20 % over minutes (RESULTS.md#volumes)."""
     model = monai_model(name)
     torch.manual_seed(1)
     volume = torch.randn(1, 1, size, size, size)
@@ -95,19 +104,26 @@ def engine_row(name: str, size: int, sample: int) -> None:
     cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
     cl_part = part.subset(np.arange(part.count))
     cl_part.image = volume.contiguous(memory_format=torch.channels_last_3d)
+    rounds = []
     with torch.no_grad():
         for net, positions in ((model, part), (cl_model, cl_part)):  # first-use costs out of the timings
             run_naive(net, positions.subset(np.arange(4)), 4)
-        naive_s, naive = timed(lambda: run_naive(model, part, 4))
-        naive_cl_s, _ = timed(lambda: run_naive(cl_model, cl_part, 4))
-        exact_pos, exact, clean_s, macs_ratio = engine_exact(graph, part, occ.count)
+        run, fixed, clean_s, macs_ratio = engine_setup(graph, part, occ.count)
+        for _ in range(repeat):
+            naive_s, naive = timed(lambda: run_naive(model, part, 4))
+            naive_cl_s, _ = timed(lambda: run_naive(cl_model, cl_part, 4))
+            exact_s, exact = run()
+            rounds.append((naive_s / len(rows), naive_cl_s / len(rows), exact_s / len(rows) + fixed))
     diff = float((exact - naive).abs().max() / (naive.abs().max() + 1e-12))
-    best = min(naive_s, naive_cl_s) / len(rows)
+    naive_pos, naive_cl_pos, exact_pos = np.median(np.asarray(rounds), axis=0)
+    ratios = [min(a, b) / c for a, b, c in rounds]
+    ratio = float(np.median(ratios))
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f}, {repeat} rounds)" if repeat > 1 else ""
     print(
-        f"| {name} | {size}^3 | {occ.count} | {len(rows)} | {naive_s / len(rows):.3f} | "
-        f"{naive_cl_s / len(rows):.3f} | {exact_pos:.3f} ({clean_s:.2f}) | {best / exact_pos:.2f}x | "
+        f"| {name} | {size}^3 | {occ.count} | {len(rows)} | {naive_pos:.3f} | "
+        f"{naive_cl_pos:.3f} | {exact_pos:.3f} ({clean_s:.2f}) | {ratio:.2f}x{spread} | "
         f"{analysis.speedup:.2f}x | {analysis.per_position_speedup:.2f}x | {macs_ratio:.2f}x | "
-        f"{best / exact_pos / macs_ratio:.0%} | {diff:.1e} |",
+        f"{ratio / macs_ratio:.0%} | {diff:.1e} |",
         flush=True,
     )
 
@@ -150,7 +166,9 @@ def signal_row(length: int, sample: int) -> None:
     with torch.no_grad():
         run_naive(model, part.subset(np.arange(2)), 2)
         naive_s, naive = timed(lambda: run_naive(model, part, 64))
-        exact_pos, exact, _, macs_ratio = engine_exact(graph, part, occ.count)
+        run, fixed, _, macs_ratio = engine_setup(graph, part, occ.count)
+        exact_s, exact = run()
+    exact_pos = exact_s / len(rows) + fixed
     diff = float((exact - naive).abs().max() / (naive.abs().max() + 1e-12))
     naive_pos = naive_s / len(rows)
     print(f"| conv1d 5 blocks, 12-lead x {length} | {occ.count} | {len(rows)} | {naive_pos * 1e3:.2f} | "
@@ -165,6 +183,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=24, help="grid positions timed per model and size")
     parser.add_argument("--box", type=int, default=24, help="side of the bounding box for the MONAI comparison")
     parser.add_argument("--signal", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=1, help="alternating rounds of naive and engine per 3-D row")
     args = parser.parse_args()
     print(
         "| model | volume | grid positions | timed | naive s/pos | naive channels-last-3d s/pos | "
@@ -174,7 +193,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for size in args.sizes:
-            engine_row(name, size, args.sample)
+            engine_row(name, size, args.sample, args.repeat)
     print("\n| model | volume | b_box | MONAI s | krypton.monai s | ratio | path | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
